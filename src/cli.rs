@@ -1,0 +1,222 @@
+//! The command line of CONTRACT §1 (clap, with an environment variable for
+//! every option) and logging set-up.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::store::writer::DEFAULT_QUEUE_DEPTH;
+
+/// Largest accepted `--queue-depth`; each slot holds one parsed webhook.
+pub const MAX_QUEUE_DEPTH: u64 = 1_000_000;
+
+/// webhookd: receives payment webhooks, acknowledges each only once it is
+/// fsync'd, and processes every transaction exactly once after a delay.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "webhookd", version, about, long_about = None)]
+pub struct Config {
+    /// Directory of the embedded database; created if missing.
+    #[arg(
+        long,
+        env = "WEBHOOKD_DATA_DIR",
+        default_value = "./webhookd-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Socket address to listen on; port 0 picks a free port.
+    #[arg(
+        long,
+        env = "WEBHOOKD_LISTEN",
+        default_value = "127.0.0.1:8000",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// How long after acceptance a transaction is processed (humantime: 30s, 500ms, 2m, 0s).
+    #[arg(
+        long,
+        env = "WEBHOOKD_PROCESS_DELAY",
+        default_value = "30s",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub process_delay: Duration,
+
+    /// Request bodies larger than this are refused with 413.
+    #[arg(
+        long,
+        env = "WEBHOOKD_MAX_BODY_BYTES",
+        default_value_t = 65536,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_body_bytes: u64,
+
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    #[arg(
+        long,
+        env = "WEBHOOKD_SHUTDOWN_GRACE",
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub shutdown_grace: Duration,
+
+    /// Log line format; the level comes from `RUST_LOG` (default info).
+    #[arg(
+        long,
+        env = "WEBHOOKD_LOG_FORMAT",
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    /// Capacity of the queue in front of the store writer; when it is full,
+    /// webhooks are answered 503 with Retry-After instead of queueing without bound.
+    #[arg(
+        long,
+        env = "WEBHOOKD_QUEUE_DEPTH",
+        default_value_t = DEFAULT_QUEUE_DEPTH as u64,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=MAX_QUEUE_DEPTH)
+    )]
+    pub queue_depth: u64,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// What `main` should do after parsing the command line.
+pub enum Parsed {
+    /// Run the daemon.
+    Run(Box<Config>),
+    /// Print this to stdout and exit 0 (`--help`, `--version`).
+    Exit(String),
+    /// Print this one line to stderr and exit with [`USAGE_EXIT_CODE`].
+    Usage(String),
+}
+
+/// Exit code for a bad command line or option value.
+pub const USAGE_EXIT_CODE: u8 = 2;
+
+/// Exit code for a failure to start or run (unusable data directory, ...).
+pub const FAILURE_EXIT_CODE: u8 = 1;
+
+/// Parses the process arguments and environment.
+///
+/// A usage error becomes one line (clap's first line, e.g. `error: invalid
+/// value 'abc' for '--process-delay <DURATION>': ...`) so that logs and
+/// service managers show the cause, not a usage screen.
+#[must_use]
+pub fn parse() -> Parsed {
+    parse_from(std::env::args_os())
+}
+
+/// [`parse`] with explicit arguments (the first is the program name).
+pub fn parse_from<I, T>(args: I) -> Parsed
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Config::try_parse_from(args) {
+        Ok(config) => Parsed::Run(Box::new(config)),
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                Parsed::Exit(e.to_string())
+            }
+            _ => {
+                let rendered = e.to_string();
+                let line = rendered
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("error: invalid command line")
+                    .trim()
+                    .to_owned();
+                Parsed::Usage(format!("webhookd: {line}"))
+            }
+        },
+    }
+}
+
+/// Sends `tracing` events to stderr in the chosen format. Colours only when
+/// stderr is a terminal.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(args: &[&str]) -> String {
+        match parse_from(std::iter::once("webhookd").chain(args.iter().copied())) {
+            Parsed::Usage(line) => line,
+            _ => panic!("{args:?} should be a usage error"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let Parsed::Run(config) = parse_from(["webhookd"]) else {
+            panic!("no arguments must parse");
+        };
+        assert_eq!(config.data_dir, PathBuf::from("./webhookd-data"));
+        assert_eq!(config.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(config.process_delay, Duration::from_secs(30));
+        assert_eq!(config.max_body_bytes, 65536);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn durations_use_humantime() {
+        let Parsed::Run(config) = parse_from([
+            "webhookd",
+            "--process-delay",
+            "500ms",
+            "--shutdown-grace",
+            "2m",
+        ]) else {
+            panic!("valid durations must parse");
+        };
+        assert_eq!(config.process_delay, Duration::from_millis(500));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_values_are_one_line_naming_the_option() {
+        for (args, option) in [
+            (&["--process-delay", "abc"][..], "--process-delay"),
+            (&["--listen", "nonsense"][..], "--listen"),
+            (&["--max-body-bytes", "0"][..], "--max-body-bytes"),
+            (&["--log-format", "xml"][..], "--log-format"),
+        ] {
+            let line = usage(args);
+            assert!(!line.contains('\n'), "{line}");
+            assert!(line.contains(option), "{line}");
+        }
+    }
+}

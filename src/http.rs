@@ -1,0 +1,533 @@
+//! The HTTP API of CONTRACT §2 on hyper 1.x: routing, body limits, JSON in
+//! and out, and the contract's error shape.
+//!
+//! This module never writes the database itself: acceptance goes to the
+//! store writer and waits for its durable commit; reads use redb read
+//! transactions on tokio's blocking pool, so no redb call runs on an async
+//! worker thread.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::model::{self, PayloadError, Record};
+use crate::store::Store;
+use crate::store::writer::{AcceptOutcome, WriteError, WriterHandle};
+
+/// Most connections served at once; further clients wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// A client must send its request head within this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client must send its whole body within this time.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest request head (request line and headers) hyper buffers.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// How long `GET /` waits for its write probe before calling storage unhealthy.
+pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `Retry-After` on every 503, in seconds.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+const WEBHOOKS_PATH: &str = "/v1/webhooks/transactions";
+const TRANSACTIONS_PREFIX: &str = "/v1/transactions/";
+
+/// What every request handler needs.
+pub struct AppState {
+    store: Store,
+    writer: WriterHandle,
+    max_body_bytes: u64,
+}
+
+impl AppState {
+    /// Bundles the store (for reads), the writer (for writes) and the body limit.
+    #[must_use]
+    pub fn new(store: Store, writer: WriterHandle, max_body_bytes: u64) -> Self {
+        AppState {
+            store,
+            writer,
+            max_body_bytes,
+        }
+    }
+}
+
+/// Serves HTTP on an already bound listener until `shutdown` completes,
+/// then stops accepting, lets in-flight requests finish for up to `grace`,
+/// and closes what is left.
+///
+/// Every connection task is owned by a `JoinSet`; when this returns, all of
+/// them have ended, and with them their handles to the writer.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let connection_slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    tokio::pin!(shutdown);
+
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = Arc::clone(&connection_slots).acquire_owned() => {
+                slot.expect("the connection semaphore is never closed")
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let service = service_fn(move |request| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(handle(&state, request).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        connections.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: stopped accepting, draining in-flight requests"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "shutdown grace period over; closing remaining connections"
+        );
+    }
+    connections.shutdown().await;
+}
+
+async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let method = request.method();
+    if path == "/" {
+        if method == Method::GET {
+            return health(state).await;
+        }
+        return ApiError::MethodNotAllowed("GET").response();
+    }
+    if path == WEBHOOKS_PATH {
+        if method == Method::POST {
+            return match receive(state, request).await {
+                Ok(response) | Err(response) => response,
+            };
+        }
+        return ApiError::MethodNotAllowed("POST").response();
+    }
+    if let Some(raw_id) = path.strip_prefix(TRANSACTIONS_PREFIX) {
+        if method == Method::GET {
+            let raw_id = raw_id.to_owned();
+            return status(state, &raw_id).await;
+        }
+        return ApiError::MethodNotAllowed("GET").response();
+    }
+    ApiError::NotFound("no such path").response()
+}
+
+// --- GET / -------------------------------------------------------------
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    current_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+async fn health(state: &AppState) -> Response<Full<Bytes>> {
+    let failure = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, state.writer.probe()).await {
+        Ok(Ok(())) => None,
+        // Overloaded is not unhealthy: the writer is busy committing. It is
+        // unhealthy only if its last commit failed.
+        Ok(Err(WriteError::QueueFull)) => state.writer.last_failure(),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "storage did not complete a write within {}",
+            humantime::format_duration(HEALTH_PROBE_TIMEOUT)
+        )),
+    };
+    let body = Health {
+        status: if failure.is_none() {
+            "HEALTHY"
+        } else {
+            "UNHEALTHY"
+        },
+        current_time: format_time(now_ms()),
+        reason: failure.as_deref(),
+    };
+    match failure {
+        None => json(StatusCode::OK, &body),
+        Some(_) => with_retry_after(json(StatusCode::SERVICE_UNAVAILABLE, &body)),
+    }
+}
+
+// --- POST /v1/webhooks/transactions --------------------------------------
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    transaction_id: &'a str,
+    status: &'static str,
+    duplicate: bool,
+}
+
+/// Checks run in the contract's order: 415, 413, 400, 422, then the write.
+async fn receive(
+    state: &AppState,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Response<Full<Bytes>>> {
+    if !is_json_content_type(request.headers().get(header::CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType.response());
+    }
+    let limit = state.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        // Refused before reading any of it; the connection is closed since
+        // the unread body cannot be skipped cheaply.
+        return Err(close_connection(
+            ApiError::PayloadTooLarge(limit).response(),
+        ));
+    }
+    let limited = Limited::new(
+        request.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    );
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(close_connection(
+                ApiError::PayloadTooLarge(limit).response(),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(close_connection(
+                ApiError::InvalidJson(format!("could not read the request body: {e}")).response(),
+            ));
+        }
+        Err(_) => return Err(close_connection(ApiError::BodyTimeout.response())),
+    };
+    let transaction = model::parse_payload(&body).map_err(|e| ApiError::from(e).response())?;
+    let id = transaction.transaction_id.clone();
+    let outcome = state.writer.accept(transaction).await.map_err(|e| {
+        tracing::debug!(error = %e, "webhook not stored");
+        ApiError::Unavailable(e.to_string()).response()
+    })?;
+    let (status, duplicate) = match outcome {
+        AcceptOutcome::Created => (model::Status::Processing, false),
+        AcceptOutcome::Duplicate(status) => (status, true),
+        AcceptOutcome::Conflict => return Err(ApiError::Conflict.response()),
+    };
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &Accepted {
+            transaction_id: &id,
+            status: status.as_str(),
+            duplicate,
+        },
+    ))
+}
+
+/// `application/json`, any case, parameters (`; charset=utf-8`) allowed.
+fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
+    let Some(Ok(value)) = value.map(HeaderValue::to_str) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+// --- GET /v1/transactions/{id} -------------------------------------------
+
+#[derive(Serialize)]
+struct TransactionView<'a> {
+    transaction_id: &'a str,
+    source_account: &'a str,
+    destination_account: &'a str,
+    amount: &'a RawValue,
+    currency: &'a str,
+    status: &'static str,
+    created_at: String,
+    processed_at: Option<String>,
+}
+
+async fn status(state: &AppState, raw_id: &str) -> Response<Full<Bytes>> {
+    // Ids are UTF-8 by validation, so a path that does not decode to UTF-8
+    // cannot name a stored transaction.
+    let Ok(id) = percent_encoding::percent_decode_str(raw_id).decode_utf8() else {
+        return ApiError::NotFound("no such transaction").response();
+    };
+    if id.is_empty() {
+        return ApiError::NotFound("no such transaction").response();
+    }
+    let id = id.into_owned();
+    let store = state.store.clone();
+    let read = tokio::task::spawn_blocking(move || store.get(&id)).await;
+    match read {
+        Ok(Ok(Some(record))) => transaction_response(&record),
+        Ok(Ok(None)) => ApiError::NotFound("no such transaction").response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "transaction read failed");
+            ApiError::Unavailable(e.to_string()).response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "transaction read task failed");
+            ApiError::Unavailable("the read did not complete".to_owned()).response()
+        }
+    }
+}
+
+fn transaction_response(record: &Record) -> Response<Full<Bytes>> {
+    let tx = &record.transaction;
+    // Invariant: a formatted Decimal is a valid JSON number (digits, at most
+    // one '.', no exponent, positive).
+    let amount = RawValue::from_string(model::format_amount(tx.amount))
+        .expect("a formatted decimal is a JSON number");
+    json(
+        StatusCode::OK,
+        &TransactionView {
+            transaction_id: &tx.transaction_id,
+            source_account: &tx.source_account,
+            destination_account: &tx.destination_account,
+            amount: &amount,
+            currency: tx.currency.as_str(),
+            status: record.status.as_str(),
+            created_at: format_time(record.created_at_ms),
+            processed_at: record.processed_at_ms.map(format_time),
+        },
+    )
+}
+
+// --- errors and responses ------------------------------------------------
+
+/// Every error the API answers with: one variant per row of CONTRACT §2's
+/// error table (plus 408 for a body that never finishes arriving).
+#[derive(Debug)]
+enum ApiError {
+    InvalidJson(String),
+    NotFound(&'static str),
+    MethodNotAllowed(&'static str),
+    Conflict,
+    PayloadTooLarge(u64),
+    UnsupportedMediaType,
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
+    Unavailable(String),
+    BodyTimeout,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+}
+
+impl From<PayloadError> for ApiError {
+    fn from(e: PayloadError) -> Self {
+        match e {
+            PayloadError::InvalidJson(message) => ApiError::InvalidJson(message),
+            PayloadError::InvalidField { field, message } => ApiError::InvalidField {
+                field: field.name(),
+                message: format!("{} {message}", field.name()),
+            },
+        }
+    }
+}
+
+impl ApiError {
+    fn response(&self) -> Response<Full<Bytes>> {
+        let (status, code, message, field) = match self {
+            ApiError::InvalidJson(m) => (StatusCode::BAD_REQUEST, "invalid_json", m.clone(), None),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", (*m).to_owned(), None),
+            ApiError::MethodNotAllowed(allow) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this path only allows {allow}"),
+                None,
+            ),
+            ApiError::Conflict => (
+                StatusCode::CONFLICT,
+                "conflict",
+                "a transaction with this transaction_id and different fields is already stored"
+                    .to_owned(),
+                None,
+            ),
+            ApiError::PayloadTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than {limit} bytes"),
+                None,
+            ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Content-Type must be application/json".to_owned(),
+                None,
+            ),
+            ApiError::InvalidField { field, message } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                message.clone(),
+                Some(*field),
+            ),
+            ApiError::Unavailable(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("not stored, try again later: {reason}"),
+                None,
+            ),
+            ApiError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "request body not received within {}",
+                    humantime::format_duration(BODY_READ_TIMEOUT)
+                ),
+                None,
+            ),
+        };
+        let mut response = json(
+            status,
+            &ErrorBody {
+                error: ErrorDetail {
+                    code,
+                    message: &message,
+                    field,
+                },
+            },
+        );
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unavailable(_) => response = with_retry_after(response),
+            _ => {}
+        }
+        response
+    }
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    // Invariant: these bodies are plain structs of strings, numbers and
+    // raw JSON numbers; serialising them cannot fail.
+    let bytes = serde_json::to_vec(body).expect("response bodies always serialise");
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn with_retry_after(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
+fn close_connection(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+fn now_ms() -> u64 {
+    crate::store::writer::now_ms()
+}
+
+/// RFC 3339 in UTC with millisecond precision and a `Z` suffix.
+#[must_use]
+pub fn format_time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Address the server is bound to, as logged in the ready line.
+#[must_use]
+pub fn ready_line(addr: SocketAddr) -> String {
+    format!("listening on {addr}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_are_recognised_with_parameters_and_any_case() {
+        let check = |v: &str| is_json_content_type(Some(&HeaderValue::from_str(v).unwrap()));
+        assert!(check("application/json"));
+        assert!(check("Application/JSON; charset=utf-8"));
+        assert!(!check("text/plain"));
+        assert!(!check("application/jsonx"));
+        assert!(!is_json_content_type(None));
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_with_z() {
+        assert_eq!(format_time(1_764_000_000_123), "2025-11-24T16:00:00.123Z");
+    }
+}

@@ -1,0 +1,129 @@
+//! webhookd: a durable payment-webhook receiver on one embedded redb file.
+//!
+//! - [`cli`]: command line, environment variables, logging set-up;
+//! - [`http`]: the hyper server, routing, body limits, the JSON API and its errors;
+//! - [`model`]: the transaction record, payload parsing and validation, exact amounts;
+//! - [`store`]: redb tables, record encoding, schema version, and the single
+//!   group-committing writer ([`store::writer`]), the durable-write path;
+//! - [`scheduler`]: fires due jobs from the durable jobs table;
+//! - [`shutdown`]: SIGTERM/SIGINT handling.
+//!
+//! [`run`] wires them together and shuts them down in order: stop accepting
+//! → drain requests → stop the scheduler → flush and stop the writer.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod http;
+pub mod model;
+pub mod scheduler;
+pub mod shutdown;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::Config;
+use crate::scheduler::Scheduler;
+use crate::shutdown::ShutdownSignals;
+use crate::store::{OpenError, Store};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread, the runtime or the signal handlers could not be started.
+    #[error("cannot start the {what}: {source}")]
+    Start {
+        /// Which part.
+        what: &'static str,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store writer thread panicked; acknowledged data is still on disk.
+    #[error("the store writer thread panicked")]
+    WriterPanicked,
+}
+
+fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Start { what, source }
+}
+
+/// How long the runtime waits for outstanding blocking reads at exit.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until SIGTERM/SIGINT, then shuts it down in order.
+///
+/// Nothing is logged before the store is open, so a start-up failure is
+/// the only line on stderr.
+pub fn run(config: &Config) -> Result<(), Error> {
+    let store = Store::open(&config.data_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("http")
+        .build()
+        .map_err(start_error("async runtime"))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(config.listen))
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (waker, nudged) = scheduler::waker();
+    let (writer, writer_thread) = store::writer::spawn(
+        store.clone(),
+        config.process_delay,
+        usize::try_from(config.queue_depth).unwrap_or(usize::MAX),
+        {
+            let waker = waker.clone();
+            move |due| waker.new_job_due(due)
+        },
+    )
+    .map_err(start_error("store writer"))?;
+    let scheduler = Scheduler::start(store.clone(), writer.clone(), waker, nudged)
+        .map_err(start_error("scheduler"))?;
+    let signals = ShutdownSignals::install().map_err(start_error("signal handlers"))?;
+
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        process_delay = %humantime::format_duration(config.process_delay),
+        "{}",
+        http::ready_line(addr)
+    );
+    let state = Arc::new(http::AppState::new(store, writer, config.max_body_bytes));
+    runtime.block_on(http::serve(
+        listener,
+        state,
+        signals.requested(),
+        config.shutdown_grace,
+    ));
+
+    // Every connection has ended, so the scheduler holds the last writer
+    // handle; once it stops, the writer drains its queue and exits.
+    scheduler.stop();
+    let writer_result = writer_thread.join();
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    signals.close();
+    writer_result.map_err(|_| Error::WriterPanicked)?;
+    tracing::info!("stopped; every acknowledged transaction is on disk");
+    Ok(())
+}

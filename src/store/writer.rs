@@ -1,0 +1,382 @@
+//! The single writer thread: the durable-write path of webhookd.
+//!
+//! Every change to the database goes through here. The thread takes one
+//! command from its bounded queue, then everything else already queued (up
+//! to [`MAX_BATCH`]), applies them in order inside ONE write transaction,
+//! makes ONE durable commit (`Durability::Immediate`, redb's default: fsync'd
+//! before `commit` returns), and only then answers each waiting caller. So:
+//!
+//! - a 202 is never sent for anything that is not on disk;
+//! - commands in one batch see each other's writes, so two copies of a new
+//!   id in the same batch give one record, one job and one `duplicate: false`;
+//! - if the commit fails, nothing of the batch is stored and every caller
+//!   in it is told so.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{ReadableTable, Table};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{JOBS, Job, META, Store, TRANSACTIONS, encoding};
+use crate::model::{NewTransaction, Status};
+
+/// Most commands applied in one write transaction. Bounds the time one
+/// commit holds its callers and the memory of one batch.
+pub const MAX_BATCH: usize = 2048;
+
+/// Default capacity of the queue in front of the writer (`--queue-depth`).
+pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
+
+/// Key in the meta table that health probes overwrite, so a probe proves a
+/// real durable write still works.
+const HEALTH_PROBE_KEY: &str = "health_probe_ms";
+
+/// What became of an accepted webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptOutcome {
+    /// New transaction; it and its job are committed.
+    Created,
+    /// Same id with the same fields is already stored; nothing was written.
+    Duplicate(Status),
+    /// Same id with different fields is stored; it was left untouched.
+    Conflict,
+}
+
+/// Why the writer could not do what was asked. All of these mean "not
+/// stored; try again later" to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The queue in front of the writer is full (overload).
+    #[error("the write queue is full")]
+    QueueFull,
+    /// The writer has stopped (shutting down).
+    #[error("the store writer is shut down")]
+    Closed,
+    /// The write transaction or its commit failed; nothing of the batch was stored.
+    #[error("storage cannot accept writes: {0}")]
+    Storage(String),
+    /// The record already stored under this id cannot be decoded.
+    #[error("stored record cannot be read: {0}")]
+    Corrupt(String),
+}
+
+enum Command {
+    Accept {
+        transaction: NewTransaction,
+        reply: oneshot::Sender<Result<AcceptOutcome, WriteError>>,
+    },
+    Complete {
+        jobs: Vec<Job>,
+        reply: oneshot::Sender<Result<(), WriteError>>,
+    },
+    Probe {
+        reply: oneshot::Sender<Result<(), WriteError>>,
+    },
+}
+
+/// Cloneable handle for sending commands to the writer. The writer thread
+/// ends once every handle is dropped and the queue is drained.
+#[derive(Clone)]
+pub struct WriterHandle {
+    queue: mpsc::Sender<Command>,
+    last_failure: Arc<Mutex<Option<String>>>,
+}
+
+impl WriterHandle {
+    /// Stores a new transaction with its job, or reports it as a duplicate
+    /// or conflict. Returns only after the commit that decided it.
+    ///
+    /// Never waits for queue space: a full queue is [`WriteError::QueueFull`].
+    pub async fn accept(&self, transaction: NewTransaction) -> Result<AcceptOutcome, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.try_send(Command::Accept { transaction, reply })?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Makes a small durable write, to prove storage still accepts writes.
+    pub async fn probe(&self) -> Result<(), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.try_send(Command::Probe { reply })?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
+    /// Marks the jobs' transactions PROCESSED and deletes the job rows, in
+    /// one transaction. Blocks the calling (non-async) thread, waiting for
+    /// queue space rather than failing.
+    pub fn complete_blocking(&self, jobs: Vec<Job>) -> Result<(), WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .blocking_send(Command::Complete { jobs, reply })
+            .map_err(|_| WriteError::Closed)?;
+        answer.blocking_recv().map_err(|_| WriteError::Closed)?
+    }
+
+    /// Why the most recent write transaction failed, if it did; cleared by
+    /// the next one that commits.
+    #[must_use]
+    pub fn last_failure(&self) -> Option<String> {
+        lock(&self.last_failure).clone()
+    }
+
+    fn try_send(&self, command: Command) -> Result<(), WriteError> {
+        self.queue.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => WriteError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => WriteError::Closed,
+        })
+    }
+}
+
+/// Starts the writer thread.
+///
+/// `on_new_jobs` is called after each commit that added jobs, with the
+/// earliest due time among them (the scheduler uses it to wake up early).
+pub fn spawn(
+    store: Store,
+    process_delay: Duration,
+    queue_depth: usize,
+    on_new_jobs: impl Fn(u64) + Send + 'static,
+) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+    let (queue, commands) = mpsc::channel(queue_depth.max(1));
+    let last_failure = Arc::new(Mutex::new(None));
+    let writer = Writer {
+        store,
+        last_failure: Arc::clone(&last_failure),
+        delay_ms: u64::try_from(process_delay.as_millis()).unwrap_or(u64::MAX),
+        last_now_ms: 0,
+        buf: Vec::with_capacity(256),
+    };
+    let thread = std::thread::Builder::new()
+        .name("store-writer".to_owned())
+        .spawn(move || writer.run(commands, &on_new_jobs))?;
+    Ok((
+        WriterHandle {
+            queue,
+            last_failure,
+        },
+        thread,
+    ))
+}
+
+struct Writer {
+    store: Store,
+    last_failure: Arc<Mutex<Option<String>>>,
+    delay_ms: u64,
+    /// Time of the previous batch; batch times never go backwards, so
+    /// `processed_at >= created_at` even if the wall clock is stepped back.
+    last_now_ms: u64,
+    buf: Vec<u8>,
+}
+
+/// Per-command result of applying a batch, sent only after the commit.
+enum Outcome {
+    Accept(Result<AcceptOutcome, WriteError>),
+    Done,
+}
+
+impl Writer {
+    fn run(mut self, mut commands: mpsc::Receiver<Command>, on_new_jobs: &dyn Fn(u64)) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = commands.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            let now_ms = now_ms().max(self.last_now_ms);
+            self.last_now_ms = now_ms;
+            match self.apply(&batch, now_ms) {
+                Ok((outcomes, earliest_new_due)) => {
+                    lock(&self.last_failure).take();
+                    for (command, outcome) in batch.drain(..).zip(outcomes) {
+                        answer(command, outcome);
+                    }
+                    if let Some(due) = earliest_new_due {
+                        on_new_jobs(due);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, commands = batch.len(), "write transaction failed; nothing of this batch was stored");
+                    let error = WriteError::Storage(e.to_string());
+                    *lock(&self.last_failure) = Some(error.to_string());
+                    for command in batch.drain(..) {
+                        fail(command, error.clone());
+                    }
+                }
+            }
+        }
+        tracing::debug!("store writer stopped: queue closed and drained");
+    }
+
+    /// Applies a batch in one write transaction and commits it durably.
+    /// Returns one outcome per command and the earliest due time of the
+    /// jobs it added.
+    fn apply(
+        &mut self,
+        batch: &[Command],
+        now_ms: u64,
+    ) -> Result<(Vec<Outcome>, Option<u64>), redb::Error> {
+        let txn = self.store.database().begin_write()?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut earliest_new_due = None;
+        // Only a batch that changed something, or carries a health probe,
+        // needs a commit; a batch of pure duplicates is answered from
+        // already-durable data.
+        let mut must_commit = false;
+        {
+            let mut transactions = txn.open_table(TRANSACTIONS)?;
+            let mut jobs = txn.open_table(JOBS)?;
+            for command in batch {
+                match command {
+                    Command::Accept { transaction, .. } => {
+                        let outcome =
+                            self.accept(&mut transactions, &mut jobs, transaction, now_ms)?;
+                        if outcome == Ok(AcceptOutcome::Created) {
+                            must_commit = true;
+                            let due = now_ms.saturating_add(self.delay_ms);
+                            earliest_new_due =
+                                Some(earliest_new_due.map_or(due, |d: u64| d.min(due)));
+                        }
+                        outcomes.push(Outcome::Accept(outcome));
+                    }
+                    Command::Complete { jobs: done, .. } => {
+                        must_commit |= self.complete(&mut transactions, &mut jobs, done, now_ms)?;
+                        outcomes.push(Outcome::Done);
+                    }
+                    Command::Probe { .. } => {
+                        must_commit = true;
+                        txn.open_table(META)?.insert(HEALTH_PROBE_KEY, now_ms)?;
+                        outcomes.push(Outcome::Done);
+                    }
+                }
+            }
+        }
+        if must_commit {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok((outcomes, earliest_new_due))
+    }
+
+    fn accept(
+        &mut self,
+        transactions: &mut Table<&str, &[u8]>,
+        jobs: &mut Table<(u64, &str), ()>,
+        transaction: &NewTransaction,
+        now_ms: u64,
+    ) -> Result<Result<AcceptOutcome, WriteError>, redb::Error> {
+        let id = transaction.transaction_id.as_str();
+        if let Some(stored) = transactions.get(id)? {
+            return Ok(match encoding::decode(id, stored.value()) {
+                // NewTransaction equality compares the amount by value
+                // (1500.50 == 1500.5) and the already upper-cased currency.
+                Ok(record) if record.transaction == *transaction => {
+                    Ok(AcceptOutcome::Duplicate(record.status))
+                }
+                Ok(_) => Ok(AcceptOutcome::Conflict),
+                Err(e) => {
+                    tracing::error!(transaction_id = id, error = %e, "stored record cannot be decoded");
+                    Err(WriteError::Corrupt(e.to_string()))
+                }
+            });
+        }
+        encoding::encode_into(transaction, Status::Processing, now_ms, None, &mut self.buf);
+        transactions.insert(id, self.buf.as_slice())?;
+        // Same transaction as the record: a 202 means both are on disk.
+        jobs.insert((now_ms.saturating_add(self.delay_ms), id), ())?;
+        Ok(Ok(AcceptOutcome::Created))
+    }
+
+    /// Completes jobs. Idempotent: a job already gone, or a transaction
+    /// already PROCESSED, changes nothing, so `processed_at` is set once.
+    /// Returns whether anything was written.
+    fn complete(
+        &mut self,
+        transactions: &mut Table<&str, &[u8]>,
+        jobs: &mut Table<(u64, &str), ()>,
+        done: &[Job],
+        now_ms: u64,
+    ) -> Result<bool, redb::Error> {
+        let mut changed = false;
+        for job in done {
+            let id = job.transaction_id.as_str();
+            changed |= jobs.remove((job.due_ms, id))?.is_some();
+            let record = match transactions.get(id)? {
+                None => {
+                    tracing::warn!(
+                        transaction_id = id,
+                        "job without a transaction; job row removed"
+                    );
+                    continue;
+                }
+                Some(stored) => encoding::decode(id, stored.value()),
+            };
+            match record {
+                Ok(record) if record.status == Status::Processing => {
+                    encoding::encode_into(
+                        &record.transaction,
+                        Status::Processed,
+                        record.created_at_ms,
+                        Some(now_ms),
+                        &mut self.buf,
+                    );
+                    transactions.insert(id, self.buf.as_slice())?;
+                    changed = true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // The job row is removed so a damaged record does not
+                    // stall the scheduler; the record itself is kept as is.
+                    tracing::error!(transaction_id = id, error = %e, "cannot process: stored record cannot be decoded");
+                }
+            }
+        }
+        Ok(changed)
+    }
+}
+
+fn answer(command: Command, outcome: Outcome) {
+    // A caller that went away (client disconnected) no longer needs its
+    // answer; what was committed stays committed.
+    match (command, outcome) {
+        (Command::Accept { reply, .. }, Outcome::Accept(result)) => {
+            let _ = reply.send(result);
+        }
+        (Command::Complete { reply, .. } | Command::Probe { reply }, Outcome::Done) => {
+            let _ = reply.send(Ok(()));
+        }
+        _ => unreachable!("outcomes are produced in command order, one per command"),
+    }
+}
+
+fn fail(command: Command, error: WriteError) {
+    match command {
+        Command::Accept { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Command::Complete { reply, .. } | Command::Probe { reply } => {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded value is a plain Option<String>; a panic elsewhere
+    // cannot leave it half-written.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch.
+#[must_use]
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
