@@ -51,6 +51,7 @@ const RETRY_AFTER_SECONDS: &str = "1";
 
 const WEBHOOKS_PATH: &str = "/v1/webhooks/transactions";
 const TRANSACTIONS_PREFIX: &str = "/v1/transactions/";
+const METRICS_PATH: &str = "/metrics";
 
 /// What every request handler needs.
 pub struct AppState {
@@ -162,6 +163,12 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<B
         }
         return ApiError::MethodNotAllowed("POST").response();
     }
+    if path == METRICS_PATH {
+        if method == Method::GET {
+            return metrics(state).await;
+        }
+        return ApiError::MethodNotAllowed("GET").response();
+    }
     if let Some(raw_id) = path.strip_prefix(TRANSACTIONS_PREFIX) {
         if method == Method::GET {
             let raw_id = raw_id.to_owned();
@@ -207,6 +214,41 @@ async fn health(state: &AppState) -> Response<Full<Bytes>> {
         None => json(StatusCode::OK, &body),
         Some(_) => with_retry_after(json(StatusCode::SERVICE_UNAVAILABLE, &body)),
     }
+}
+
+// --- GET /metrics --------------------------------------------------------
+
+/// Job figures in the Prometheus text exposition format (version 0.0.4).
+async fn metrics(state: &AppState) -> Response<Full<Bytes>> {
+    let reader = state.store.clone();
+    let now = now_ms();
+    let jobs = match tokio::task::spawn_blocking(move || reader.job_stats(now)).await {
+        Ok(Ok(figures)) => figures,
+        Ok(Err(e)) => return ApiError::Unavailable(e.to_string()).response(),
+        Err(_) => return ApiError::Unavailable("the read did not complete".to_owned()).response(),
+    };
+    let oldest_due_age = jobs
+        .earliest_due_ms
+        .filter(|&due| due <= now)
+        .map_or(0.0, |due| Duration::from_millis(now - due).as_secs_f64());
+    let text = format!(
+        "# HELP webhookd_pending_jobs Accepted transactions not yet processed.\n\
+         # TYPE webhookd_pending_jobs gauge\n\
+         webhookd_pending_jobs {}\n\
+         # HELP webhookd_due_jobs Pending jobs already due (the processing backlog).\n\
+         # TYPE webhookd_due_jobs gauge\n\
+         webhookd_due_jobs {}\n\
+         # HELP webhookd_oldest_due_job_age_seconds How long the earliest due job has been waiting.\n\
+         # TYPE webhookd_oldest_due_job_age_seconds gauge\n\
+         webhookd_oldest_due_job_age_seconds {oldest_due_age}\n",
+        jobs.pending, jobs.due
+    );
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 // --- POST /v1/webhooks/transactions --------------------------------------

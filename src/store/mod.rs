@@ -113,6 +113,20 @@ pub struct Job {
     pub transaction_id: String,
 }
 
+/// Largest backlog [`Store::job_stats`] counts exactly.
+pub const BACKLOG_COUNT_CAP: u64 = 1_000_000;
+
+/// Pending-job figures for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobStats {
+    /// Jobs not yet completed.
+    pub pending: u64,
+    /// Jobs already due but not yet completed (capped at [`BACKLOG_COUNT_CAP`]).
+    pub due: u64,
+    /// Due time of the earliest pending job.
+    pub earliest_due_ms: Option<u64>,
+}
+
 /// Shared handle to the open database. Cheap to clone; reads go through
 /// MVCC read transactions and never wait for the writer.
 #[derive(Clone)]
@@ -214,6 +228,34 @@ impl Store {
         let txn = self.db.begin_read().map_err(StoreError::storage)?;
         let table = txn.open_table(JOBS).map_err(StoreError::storage)?;
         table.len().map_err(StoreError::storage)
+    }
+
+    /// Counts of pending jobs, for monitoring: all of them, those already
+    /// due at `now_ms` (the backlog), and the due time of the earliest.
+    /// Counting the backlog walks it, so it stops at [`BACKLOG_COUNT_CAP`].
+    pub fn job_stats(&self, now_ms: u64) -> Result<JobStats, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        let table = txn.open_table(JOBS).map_err(StoreError::storage)?;
+        let pending = table.len().map_err(StoreError::storage)?;
+        let earliest_due_ms = table
+            .first()
+            .map_err(StoreError::storage)?
+            .map(|(key, _)| key.value().0);
+        let mut due = 0;
+        if earliest_due_ms.is_some_and(|d| d <= now_ms) {
+            for row in table.iter().map_err(StoreError::storage)? {
+                let (key, _) = row.map_err(StoreError::storage)?;
+                if key.value().0 > now_ms || due >= BACKLOG_COUNT_CAP {
+                    break;
+                }
+                due += 1;
+            }
+        }
+        Ok(JobStats {
+            pending,
+            due,
+            earliest_due_ms,
+        })
     }
 
     pub(crate) fn database(&self) -> &Database {

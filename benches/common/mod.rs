@@ -1,0 +1,372 @@
+//! Shared by the end-to-end benches: start the real daemon (or the
+//! no-storage baseline server), drive it with a hyper client load
+//! generator, and print figures as a table.
+
+#![allow(dead_code)] // each bench uses part of this
+#![allow(clippy::cast_precision_loss)] // figures for display
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+/// A webhookd (or baseline) process started by a bench.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// From spawn to the `listening on` line.
+    pub ready_after: Duration,
+    pub spawned_at: Instant,
+}
+
+impl Server {
+    /// Starts the release webhookd on `data_dir` with extra arguments.
+    pub fn webhookd(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_webhookd"));
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "warn,webhookd=info");
+        Server::spawn(command)
+    }
+
+    /// Starts this bench binary again as the baseline server: it parses and
+    /// validates the JSON exactly like webhookd and answers 202, storing nothing.
+    pub fn baseline() -> Server {
+        let mut command = Command::new(std::env::current_exe().expect("bench executable path"));
+        command.arg(BASELINE_FLAG);
+        Server::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Server {
+        let spawned_at = Instant::now();
+        let mut child = command
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start server");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before it was ready")
+                .expect("read server stderr");
+            if let Some(at) = line.find("listening on ") {
+                let rest = &line[at + "listening on ".len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+                    .unwrap_or(rest.len());
+                break rest[..end].parse().expect("address in ready line");
+            }
+        };
+        let ready_after = spawned_at.elapsed();
+        std::thread::spawn(move || lines.for_each(drop));
+        Server {
+            child,
+            addr,
+            ready_after,
+            spawned_at,
+        }
+    }
+
+    /// Resident set size now and at its peak, in KiB (from /proc).
+    pub fn rss_kib(&self) -> (u64, u64) {
+        rss_kib(self.child.id())
+    }
+
+    /// SIGTERM and wait for exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+pub const BASELINE_FLAG: &str = "--baseline-server";
+
+/// If this process was started as the baseline server, serve until killed
+/// and never return.
+pub fn run_baseline_if_asked() {
+    if !std::env::args().any(|a| a == BASELINE_FLAG) {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        eprintln!("listening on {}", listener.local_addr().expect("addr"));
+        loop {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    let (status, text) = match webhookd::model::parse_payload(&body) {
+                        Ok(tx) => (
+                            StatusCode::ACCEPTED,
+                            format!(
+                                r#"{{"transaction_id":{},"status":"PROCESSING","duplicate":false}}"#,
+                                serde_json::to_string(&tx.transaction_id).expect("string")
+                            ),
+                        ),
+                        Err(_) => (StatusCode::UNPROCESSABLE_ENTITY, String::from("{}")),
+                    };
+                    let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
+                    *response.status_mut() = status;
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, hyper::Error>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    unreachable!("the baseline server runs until killed");
+}
+
+/// Result of one load run.
+pub struct LoadResult {
+    pub accepted: u64,
+    pub other: u64,
+    pub elapsed: Duration,
+    /// Latency of accepted requests, microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl LoadResult {
+    pub fn per_second(&self) -> f64 {
+        self.accepted as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn ms(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    pub fn max_ms(&self) -> f64 {
+        self.latency.max() as f64 / 1000.0
+    }
+}
+
+/// A unique, random-looking transaction id for request `n` of run `seed`
+/// (splitmix64 is a bijection, so ids never repeat within a run).
+pub fn transaction_id(seed: u64, n: u64) -> String {
+    let mut z = (seed << 40 ^ n).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    format!("txn_{z:016x}{seed:04x}")
+}
+
+pub fn payload(id: &str) -> String {
+    format!(
+        r#"{{"transaction_id":"{id}","source_account":"acc_user_789","destination_account":"acc_merchant_456","amount":1500.50,"currency":"INR"}}"#
+    )
+}
+
+/// Load generator threads; the server under test gets the rest of the machine.
+pub const LOAD_THREADS: usize = 2;
+
+/// Sends `total` POSTs over `connections` keep-alive connections, each
+/// sending its next request as soon as the previous answer arrived.
+pub fn run_load(addr: SocketAddr, connections: usize, total: u64, seed: u64) -> LoadResult {
+    run_load_until(addr, connections, seed, Limit::Requests(total), |_| {})
+}
+
+/// When a load run stops.
+#[derive(Clone, Copy)]
+pub enum Limit {
+    Requests(u64),
+    Duration(Duration),
+}
+
+/// Like [`run_load`], with a stop condition and a callback every second
+/// (given the number of accepted requests so far).
+pub fn run_load_until(
+    addr: SocketAddr,
+    connections: usize,
+    seed: u64,
+    limit: Limit,
+    mut each_second: impl FnMut(u64),
+) -> LoadResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(LOAD_THREADS)
+        .enable_all()
+        .build()
+        .expect("load runtime");
+    let next = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (total, deadline) = match limit {
+        Limit::Requests(n) => (n, None),
+        Limit::Duration(d) => (u64::MAX, Some(d)),
+    };
+    let started = Instant::now();
+    let stop_at = deadline.map(|d| started + d);
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            let accepted = Arc::clone(&accepted);
+            runtime.spawn(connection(addr, next, accepted, total, seed, stop_at))
+        })
+        .collect();
+    let mut last_tick = started;
+    while !tasks.iter().all(tokio::task::JoinHandle::is_finished) {
+        std::thread::sleep(Duration::from_millis(20));
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick += Duration::from_secs(1);
+            each_second(accepted.load(Ordering::Relaxed));
+        }
+    }
+    let elapsed = started.elapsed();
+    let mut latency = new_histogram();
+    let mut other = 0;
+    for task in tasks {
+        let (histogram, others) = runtime.block_on(task).expect("load task");
+        latency.add(&histogram).expect("same bounds");
+        other += others;
+    }
+    LoadResult {
+        accepted: latency.len(),
+        other,
+        elapsed,
+        latency,
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+async fn connection(
+    addr: SocketAddr,
+    next: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
+    total: u64,
+    seed: u64,
+    stop_at: Option<Instant>,
+) -> (Histogram<u64>, u64) {
+    let mut histogram = new_histogram();
+    let mut other = 0;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.set_nodelay(true);
+    let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let driver = tokio::spawn(driver);
+    loop {
+        if stop_at.is_some_and(|t| Instant::now() >= t) {
+            break;
+        }
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        if n >= total {
+            break;
+        }
+        let id = transaction_id(seed, n);
+        let request = Request::post("/v1/webhooks/transactions")
+            .header(hyper::header::HOST, "bench")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(payload(&id))))
+            .expect("request");
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let sent = Instant::now();
+        let Ok(response) = sender.send_request(request).await else {
+            break;
+        };
+        let status = response.status();
+        let _ = response.into_body().collect().await;
+        if status == StatusCode::ACCEPTED {
+            let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+            histogram.saturating_record(micros.max(1));
+            accepted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            other += 1;
+        }
+    }
+    drop(sender);
+    let _ = driver.await;
+    (histogram, other)
+}
+
+/// Median of a non-empty list.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Number of repetitions (`WEBHOOKD_BENCH_RUNS`, default 3).
+pub fn runs() -> usize {
+    std::env::var("WEBHOOKD_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+/// A plain HTTP/1.1 GET (one connection, `Connection: close`); returns the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// One sample from `GET /metrics`.
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = http_get(addr, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing from: {text}"))
+}

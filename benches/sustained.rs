@@ -1,0 +1,87 @@
+//! Sustained: 60 s of POSTs at 64 connections with `--process-delay 1s`,
+//! so processing runs alongside ingest. Every 10 s it prints the window's
+//! throughput, the backlog of due-but-unprocessed jobs and the age of the
+//! oldest one (from `GET /metrics`), and the daemon's RSS. The backlog must
+//! stay flat.
+//!
+//! Run: `cargo bench --bench sustained`
+//! (`WEBHOOKD_BENCH_SECONDS` changes the length, default 60.)
+
+#![allow(clippy::cast_precision_loss)] // figures for display
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Limit, Server, metric, run_load_until};
+
+const CONNECTIONS: usize = 64;
+const WINDOW_SECONDS: u64 = 10;
+
+fn main() {
+    common::run_baseline_if_asked();
+    let seconds: u64 = std::env::var("WEBHOOKD_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::webhookd(dir.path(), &["--process-delay", "1s"]);
+    let addr = server.addr;
+    let pid = server.child.id();
+    println!(
+        "sustained: {CONNECTIONS} connections, {seconds} s, --process-delay 1s; figures per {WINDOW_SECONDS} s window"
+    );
+    println!(
+        "| window | accepted 202/s | due backlog (jobs) | oldest due job (s) | pending jobs | RSS (MiB) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let mut second = 0;
+    let mut window_start = 0;
+    let mut backlogs = Vec::new();
+    let result = run_load_until(
+        addr,
+        CONNECTIONS,
+        7,
+        Limit::Duration(Duration::from_secs(seconds)),
+        |accepted| {
+            second += 1;
+            if second % WINDOW_SECONDS == 0 {
+                let due = metric(addr, "webhookd_due_jobs");
+                let age = metric(addr, "webhookd_oldest_due_job_age_seconds");
+                let pending = metric(addr, "webhookd_pending_jobs");
+                let (rss, _) = common::rss_kib(pid);
+                println!(
+                    "| {}-{} s | {:.0} | {due:.0} | {age:.2} | {pending:.0} | {:.1} |",
+                    second - WINDOW_SECONDS,
+                    second,
+                    (accepted - window_start) as f64 / WINDOW_SECONDS as f64,
+                    rss as f64 / 1024.0
+                );
+                window_start = accepted;
+                backlogs.push(due);
+            }
+        },
+    );
+    let (_, peak) = server.rss_kib();
+    println!(
+        "total: {} accepted in {:.1} s = {:.0}/s, p99 {:.2} ms, non-202 {}, peak RSS {:.1} MiB",
+        result.accepted,
+        result.elapsed.as_secs_f64(),
+        result.per_second(),
+        result.ms(0.99),
+        result.other,
+        peak as f64 / 1024.0
+    );
+    let first = backlogs.first().copied().unwrap_or(0.0);
+    let last = backlogs.last().copied().unwrap_or(0.0);
+    let max = backlogs.iter().copied().fold(0.0, f64::max);
+    println!(
+        "backlog: first window {first:.0}, last {last:.0}, max {max:.0} -> {}",
+        if last <= first.max(1000.0) {
+            "flat"
+        } else {
+            "GROWING"
+        }
+    );
+    server.stop();
+}
