@@ -1,0 +1,413 @@
+//! Shared by the integration tests: start the real `webhookd` binary on
+//! port 0 with a temporary data dir, talk raw HTTP/1.1 to it, kill it with
+//! SIGKILL or stop it with a signal, and poll for conditions with deadlines.
+
+#![allow(dead_code)] // each test file uses part of this
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+/// How long a daemon may take to print its ready line on a busy machine.
+pub const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// Default deadline for conditions the tests wait for.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_webhookd");
+
+/// A running webhookd.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts webhookd on `data_dir` with `--listen 127.0.0.1:0` and `extra`
+    /// arguments, and waits for its ready line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(data_dir, extra, &[])
+    }
+
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Daemon::spawn(command)
+    }
+
+    /// Spawns a prepared command and waits for `listening on IP:PORT`.
+    pub fn spawn(mut command: Command) -> Daemon {
+        let mut child = command.spawn().expect("start webhookd");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let log = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = ready_address(&line) {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        match ready_rx.recv_timeout(READY_DEADLINE) {
+            Ok(addr) => Daemon {
+                child,
+                addr,
+                stderr,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "webhookd did not become ready; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, failing the test after `deadline`.
+    pub fn wait_exit(mut self, deadline: Duration) -> (ExitStatus, String) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader thread take the last lines.
+                let until = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < until
+                    && !self.stderr.lock().unwrap().contains("stopped")
+                    && !status.success()
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return (status, self.stderr_text());
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "webhookd did not exit within {deadline:?}; stderr:\n{}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address after `listening on ` in a log line (text or JSON).
+pub fn ready_address(line: &str) -> Option<SocketAddr> {
+    let at = line.find("listening on ")?;
+    let rest = &line[at + "listening on ".len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// An HTTP response as the tests see it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// Asserts the contract's error shape and code; returns the body.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "unexpected status; body {}", self.body);
+        let body = self.json();
+        assert_eq!(body["error"]["code"], code, "body {}", self.body);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "error message missing: {}",
+            self.body
+        );
+        let keys: Vec<&String> = body["error"].as_object().unwrap().keys().collect();
+        if code == "invalid_field" {
+            assert!(body["error"]["field"].is_string(), "{}", self.body);
+        } else {
+            assert!(!keys.iter().any(|k| *k == "field"), "{}", self.body);
+        }
+        body
+    }
+}
+
+/// Sends raw bytes and reads the whole response (the request should carry
+/// `Connection: close`).
+pub fn send_raw(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = connect(addr);
+    stream.write_all(request).expect("send request");
+    read_response(&mut stream)
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .expect("write timeout");
+    stream
+}
+
+/// Reads one response: head, then the body by Content-Length, chunked, or to EOF.
+pub fn read_response(stream: &mut TcpStream) -> Response {
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).expect("status line");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header line");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').expect("header has a colon");
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v): &(String, String)| v.clone())
+    };
+    let mut body = Vec::new();
+    if let Some(length) = find("content-length") {
+        body.resize(length.parse().expect("content-length"), 0);
+        reader.read_exact(&mut body).expect("body");
+    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).expect("chunk size");
+            let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).expect("chunk");
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        reader.read_to_end(&mut body).expect("body to EOF");
+    }
+    Response {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    }
+}
+
+pub fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
+    send_raw(
+        addr,
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path)
+}
+
+/// POST to the webhook endpoint with `Content-Type: application/json`.
+pub fn post(addr: SocketAddr, body: &str) -> Response {
+    post_with_type(addr, Some("application/json"), body)
+}
+
+pub fn post_with_type(addr: SocketAddr, content_type: Option<&str>, body: &str) -> Response {
+    let content_type = content_type
+        .map(|t| format!("Content-Type: {t}\r\n"))
+        .unwrap_or_default();
+    send_raw(
+        addr,
+        format!(
+            "POST /v1/webhooks/transactions HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+/// A valid webhook body.
+pub fn payload(id: &str, amount: &str) -> String {
+    format!(
+        r#"{{"transaction_id":{},"source_account":"acc_user_789","destination_account":"acc_merchant_456","amount":{amount},"currency":"INR"}}"#,
+        serde_json::to_string(id).unwrap()
+    )
+}
+
+/// `/v1/transactions/{id}` with every byte outside `[A-Za-z0-9_-]` percent-encoded.
+pub fn transaction_path(id: &str) -> String {
+    use std::fmt::Write as _;
+    let mut path = String::from("/v1/transactions/");
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+            path.push(byte as char);
+        } else {
+            write!(path, "%{byte:02X}").unwrap();
+        }
+    }
+    path
+}
+
+pub fn get_transaction(addr: SocketAddr, id: &str) -> Response {
+    get(addr, &transaction_path(id))
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing after `deadline`.
+#[track_caller]
+pub fn poll_until<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the transaction reads back PROCESSED; returns its body.
+pub fn wait_processed(addr: SocketAddr, id: &str, deadline: Duration) -> Value {
+    poll_until(deadline, "PROCESSED", || {
+        let body = get_transaction(addr, id).json();
+        (body["status"] == "PROCESSED").then_some(body)
+    })
+}
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp (must end in Z).
+pub fn millis(timestamp: &Value) -> u64 {
+    let text = timestamp.as_str().expect("timestamp is a string");
+    assert!(text.ends_with('Z'), "{text} is not UTC with Z");
+    let time = humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    u64::try_from(
+        time.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+pub fn now_millis() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// Runs webhookd expecting it to exit by itself (within 30 s); returns the
+/// exit code and stderr.
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start webhookd");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("webhookd {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code(), stderr)
+}
+
+/// Asserts a start-up failure: exit 1, one non-empty line, no panic.
+#[track_caller]
+pub fn assert_one_line_failure(code: Option<i32>, stderr: &str, expected_code: i32) -> String {
+    assert_eq!(code, Some(expected_code), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr:?}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    lines[0].to_owned()
+}
