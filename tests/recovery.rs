@@ -1,0 +1,134 @@
+//! Crash and restart: SIGKILL during a concurrent load loses nothing that
+//! was acknowledged; jobs that fell due while the daemon was down run
+//! within a second of start; `processed_at` never changes across restarts.
+
+mod common;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{
+    Daemon, get_transaction, millis, now_millis, payload, poll_until, post, wait_processed,
+};
+
+#[test]
+fn sigkill_during_concurrent_posts_loses_no_acknowledged_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "1s"]);
+    let addr = daemon.addr;
+    let acknowledged = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for worker in 0..16 {
+            let (acknowledged, stop) = (&acknowledged, &stop);
+            scope.spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let id = format!("txn_kill_{worker}_{n}");
+                    // Connection errors are expected once the daemon is killed.
+                    let Ok(response) =
+                        std::panic::catch_unwind(|| post(addr, &payload(&id, "7.5")))
+                    else {
+                        break;
+                    };
+                    if response.status == 202 {
+                        acknowledged.lock().unwrap().push(id);
+                    }
+                }
+            });
+        }
+        poll_until(Duration::from_secs(60), "500 acknowledged webhooks", || {
+            (acknowledged.lock().unwrap().len() >= 500).then_some(())
+        });
+        // Kill while the workers are still sending.
+        daemon.kill();
+        stop.store(true, Ordering::Relaxed);
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "1s"]);
+    for id in &acknowledged {
+        let read = get_transaction(daemon.addr, id);
+        assert_eq!(read.status, 200, "acknowledged {id} lost: {}", read.body);
+        assert_eq!(read.json()["amount"], 7.5);
+    }
+    for id in &acknowledged {
+        wait_processed(daemon.addr, id, Duration::from_secs(30));
+    }
+}
+
+#[test]
+fn jobs_that_fell_due_while_stopped_run_within_a_second_of_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "2s"]);
+    let ids: Vec<String> = (0..50).map(|i| format!("txn_overdue_{i}")).collect();
+    for id in &ids {
+        assert_eq!(post(daemon.addr, &payload(id, "1")).status, 202);
+    }
+    let latest_created = ids
+        .iter()
+        .map(|id| millis(&get_transaction(daemon.addr, id).json()["created_at"]))
+        .max()
+        .unwrap();
+    daemon.kill();
+    // Wait (by the clock) until every job is overdue.
+    poll_until(Duration::from_secs(20), "all jobs due", || {
+        (now_millis() > latest_created + 2000 + 100).then_some(())
+    });
+
+    let start = now_millis();
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "2s"]);
+    for id in &ids {
+        let body = wait_processed(daemon.addr, id, Duration::from_secs(20));
+        let processed = millis(&body["processed_at"]);
+        assert!(
+            processed <= start + 1000,
+            "{id} processed {} ms after start",
+            processed - start
+        );
+    }
+}
+
+#[test]
+fn processed_at_never_changes_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "0s"]);
+    assert_eq!(post(daemon.addr, &payload("txn_stable", "3")).status, 202);
+    let processed = wait_processed(daemon.addr, "txn_stable", Duration::from_secs(20));
+    daemon.kill();
+
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "0s"]);
+    assert_eq!(get_transaction(daemon.addr, "txn_stable").json(), processed);
+    // A redelivery after the restart changes nothing either.
+    assert_eq!(
+        post(daemon.addr, &payload("txn_stable", "3")).json()["duplicate"],
+        true
+    );
+    daemon.signal("TERM");
+    let (status, _) = daemon.wait_exit(Duration::from_secs(20));
+    assert!(status.success());
+
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "0s"]);
+    assert_eq!(get_transaction(daemon.addr, "txn_stable").json(), processed);
+}
+
+#[test]
+fn jobs_not_yet_due_at_shutdown_run_after_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "3s"]);
+    assert_eq!(post(daemon.addr, &payload("txn_later", "3")).status, 202);
+    daemon.signal("TERM");
+    let (status, _) = daemon.wait_exit(Duration::from_secs(20));
+    assert!(status.success());
+
+    let started = Instant::now();
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "3s"]);
+    let body = get_transaction(daemon.addr, "txn_later").json();
+    if started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(body["status"], "PROCESSING", "processed before due: {body}");
+    }
+    let body = wait_processed(daemon.addr, "txn_later", Duration::from_secs(20));
+    assert!(millis(&body["processed_at"]) >= millis(&body["created_at"]) + 3000);
+}
