@@ -225,6 +225,15 @@ fn a_full_writer_queue_answers_503_with_retry_after_and_stores_nothing() {
     }
 }
 
+/// Unmounts the test's tmpfs when dropped, also when the test fails.
+struct Unmount<'a>(&'a std::path::Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0).status();
+    }
+}
+
 /// Mounts a tiny tmpfs (root only) and fills it through the API.
 #[test]
 fn a_full_disk_answers_503_and_health_says_unhealthy() {
@@ -237,12 +246,6 @@ fn a_full_disk_answers_503_and_health_says_unhealthy() {
     if !mounted {
         eprintln!("skipping: cannot mount a tmpfs here (needs root)");
         return;
-    }
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
     }
     let _unmount = Unmount(mount.path());
     let daemon = Daemon::start(mount.path(), &[]);

@@ -58,30 +58,29 @@ impl Daemon {
             let mut ready = Some(ready_tx);
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = ready_address(&line) {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(addr);
-                    }
+                if let Some(addr) = ready_address(&line)
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send(addr);
                 }
                 let mut log = log.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        match ready_rx.recv_timeout(READY_DEADLINE) {
-            Ok(addr) => Daemon {
+        if let Ok(addr) = ready_rx.recv_timeout(READY_DEADLINE) {
+            Daemon {
                 child,
                 addr,
                 stderr,
-            },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "webhookd did not become ready; stderr:\n{}",
-                    stderr.lock().unwrap()
-                );
             }
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "webhookd did not become ready; stderr:\n{}",
+                stderr.lock().unwrap()
+            );
         }
     }
 

@@ -1,0 +1,208 @@
+//! CONTRACT §1: options and environment variables, the ready line, and one
+//! clear line with a non-zero exit (nothing damaged) for every start-up
+//! failure.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, assert_one_line_failure, get, payload, post, run_to_exit, wait_processed};
+
+#[test]
+fn version_and_help_exit_zero() {
+    let (code, _) = run_to_exit(&["--version"], &[]);
+    assert_eq!(code, Some(0));
+    let output = std::process::Command::new(common::BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "webhookd 0.1.0"
+    );
+
+    let output = std::process::Command::new(common::BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for option in [
+        "--data-dir",
+        "--listen",
+        "--process-delay",
+        "--max-body-bytes",
+        "--shutdown-grace",
+        "--log-format",
+        "--queue-depth",
+        "WEBHOOKD_DATA_DIR",
+        "WEBHOOKD_PROCESS_DELAY",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}");
+    }
+}
+
+#[test]
+fn bad_option_values_are_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    for (args, mentions) in [
+        (vec!["--process-delay", "abc"], "--process-delay"),
+        (vec!["--shutdown-grace", "10 parsecs"], "--shutdown-grace"),
+        (vec!["--listen", "nonsense"], "--listen"),
+        (vec!["--max-body-bytes", "-5"], "-5"),
+        (vec!["--max-body-bytes", "0"], "--max-body-bytes"),
+        (vec!["--log-format", "xml"], "--log-format"),
+        (vec!["--queue-depth", "0"], "--queue-depth"),
+        (vec!["--no-such-flag"], "--no-such-flag"),
+    ] {
+        let mut full = vec!["--data-dir", data_dir];
+        full.extend(&args);
+        let (code, stderr) = run_to_exit(&full, &[]);
+        let line = assert_one_line_failure(code, &stderr, 2);
+        assert!(line.contains(mentions), "{args:?}: {line}");
+    }
+    // Nothing was created for a refused command line.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_environment_values_are_refused_like_options() {
+    let (code, stderr) = run_to_exit(&[], &[("WEBHOOKD_PROCESS_DELAY", "soon")]);
+    let line = assert_one_line_failure(code, &stderr, 2);
+    assert!(line.contains("soon"), "{line}");
+}
+
+#[test]
+fn environment_variables_configure_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(common::BIN);
+    command
+        .env("WEBHOOKD_DATA_DIR", dir.path())
+        .env("WEBHOOKD_LISTEN", "127.0.0.1:0")
+        .env("WEBHOOKD_PROCESS_DELAY", "0s")
+        .env("WEBHOOKD_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let daemon = Daemon::spawn(command);
+    let ready = daemon
+        .stderr_text()
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .map(str::to_owned)
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_str(&ready).expect("JSON log line");
+    assert!(event.to_string().contains("listening on 127.0.0.1:"));
+    assert_eq!(post(daemon.addr, &payload("txn_env", "1")).status, 202);
+    wait_processed(daemon.addr, "txn_env", Duration::from_secs(20));
+    assert!(dir.path().join("webhookd.redb").exists());
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_created_is_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let under_file = file.join("data");
+    for path in [
+        &under_file,
+        &file,
+        &std::path::PathBuf::from("/proc/webhookd-test/data"),
+    ] {
+        let (code, stderr) = run_to_exit(
+            &[
+                "--data-dir",
+                path.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+        );
+        let line = assert_one_line_failure(code, &stderr, 1);
+        assert!(line.contains(path.to_str().unwrap()), "{line}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+}
+
+#[test]
+fn a_second_instance_on_the_same_dir_is_refused_while_the_first_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start(dir.path(), &[]);
+    assert_eq!(post(first.addr, &payload("txn_before", "1")).status, 202);
+    let (code, stderr) = run_to_exit(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let line = assert_one_line_failure(code, &stderr, 1);
+    assert!(line.contains("in use"), "{line}");
+    assert!(line.contains(dir.path().to_str().unwrap()), "{line}");
+
+    assert_eq!(get(first.addr, "/").status, 200);
+    assert_eq!(post(first.addr, &payload("txn_after", "1")).status, 202);
+    assert_eq!(
+        common::get_transaction(first.addr, "txn_before").status,
+        200
+    );
+}
+
+#[test]
+fn a_database_with_a_newer_schema_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    assert_eq!(post(daemon.addr, &payload("txn_old", "1")).status, 202);
+    daemon.signal("TERM");
+    let (status, _) = daemon.wait_exit(Duration::from_secs(20));
+    assert!(status.success());
+
+    let file = dir.path().join("webhookd.redb");
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+            .unwrap()
+            .insert("schema_version", 999)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let before = std::fs::read(&file).unwrap();
+    let (code, stderr) = run_to_exit(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let line = assert_one_line_failure(code, &stderr, 1);
+    assert!(line.contains("newer"), "{line}");
+    assert!(line.contains("999"), "{line}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "database file changed"
+    );
+}
+
+#[test]
+fn an_address_in_use_is_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = run_to_exit(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &addr,
+        ],
+        &[],
+    );
+    let line = assert_one_line_failure(code, &stderr, 1);
+    assert!(line.contains(&addr), "{line}");
+}
