@@ -6,7 +6,8 @@
 //! `WEBHOOKD_BENCH_RUNS` runs (default 3), each on a fresh copy of the file.
 //!
 //! Run: `cargo bench --bench recovery`
-//! (`WEBHOOKD_BENCH_JOBS` changes the job count, default 1000000.)
+//! (`WEBHOOKD_BENCH_JOBS` changes the job count, default 1000000;
+//! `WEBHOOKD_BENCH_DATASET=<dir>` builds the dataset there once and reuses it.)
 
 #![allow(clippy::cast_precision_loss)] // figures for display
 
@@ -40,13 +41,18 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
 
-    let source = tempfile::tempdir().expect("temp dir");
+    // WEBHOOKD_BENCH_DATASET=<dir> keeps the built dataset there and reuses it.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let source = std::env::var_os("WEBHOOKD_BENCH_DATASET")
+        .map_or_else(|| scratch.path().to_owned(), std::path::PathBuf::from);
+    let file = source.join(webhookd::store::DB_FILE_NAME);
     let started = Instant::now();
-    build_crashed(source.path(), jobs);
-    let file = source.path().join(webhookd::store::DB_FILE_NAME);
+    if !file.exists() {
+        build_crashed(&source, jobs);
+    }
     let size = std::fs::metadata(&file).expect("db file").len();
     println!(
-        "recovery: {jobs} overdue jobs, file {:.0} MiB, left by a killed with SIGKILL writer (built in {:.1} s)",
+        "recovery: {jobs} overdue jobs, file {:.0} MiB, left by a writer killed with SIGKILL (built in {:.1} s)",
         size as f64 / 1_048_576.0,
         started.elapsed().as_secs_f64()
     );

@@ -21,6 +21,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 use crate::model::Record;
 
+/// redb's page cache. redb's default (1 GiB) would let a daemon on a small
+/// edge box grow to that size; the OS page cache still holds the file.
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Name of the database file inside the data directory.
 pub const DB_FILE_NAME: &str = "webhookd.redb";
 
@@ -171,6 +175,7 @@ impl Store {
         }
 
         let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
             .create(&path)
             .map_err(|e| database_error(e.into()))?;
         let found = read_schema_version(&db).map_err(&database_error)?;

@@ -58,14 +58,17 @@ impl Daemon {
             let mut ready = Some(ready_tx);
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
+                {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                // Only after the line is in the log, so callers can read it.
                 if let Some(addr) = ready_address(&line)
                     && let Some(tx) = ready.take()
                 {
                     let _ = tx.send(addr);
                 }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         if let Ok(addr) = ready_rx.recv_timeout(READY_DEADLINE) {
