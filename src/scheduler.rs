@@ -21,7 +21,7 @@ use crate::store::{Store, StoreError};
 
 /// Most jobs completed in one writer command; bounds the memory of one
 /// round and keeps room in each batch for incoming webhooks.
-pub const MAX_JOBS_PER_ROUND: usize = 4096;
+pub const MAX_JOBS_PER_ROUND: usize = 131_072;
 
 /// Pause after a failed read or completion before trying again.
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);

@@ -304,8 +304,16 @@ impl Writer {
     ) -> Result<bool, redb::Error> {
         let mut changed = false;
         for job in done {
-            let id = job.transaction_id.as_str();
-            changed |= jobs.remove((job.due_ms, id))?.is_some();
+            changed |= jobs
+                .remove((job.due_ms, job.transaction_id.as_str()))?
+                .is_some();
+        }
+        // Records are updated in id order: neighbouring ids share B-tree
+        // leaves, so consecutive updates find their leaf already copied and
+        // cached instead of jumping across the file.
+        let mut ids: Vec<&str> = done.iter().map(|j| j.transaction_id.as_str()).collect();
+        ids.sort_unstable();
+        for id in ids {
             let record = match transactions.get(id)? {
                 None => {
                     tracing::warn!(
