@@ -203,7 +203,7 @@ pub fn payload(id: &str) -> String {
 }
 
 /// Load generator threads; the server under test gets the rest of the machine.
-pub const LOAD_THREADS: usize = 2;
+pub const LOAD_THREADS: usize = 1;
 
 /// Sends `total` POSTs over `connections` keep-alive connections, each
 /// sending its next request as soon as the previous answer arrived.
