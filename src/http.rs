@@ -191,10 +191,10 @@ struct Health<'a> {
 
 async fn health(state: &AppState) -> Response<Full<Bytes>> {
     let failure = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, state.writer.probe()).await {
-        Ok(Ok(())) => None,
-        // Overloaded is not unhealthy: the writer is busy committing. It is
-        // unhealthy only if its last commit failed.
-        Ok(Err(WriteError::QueueFull)) => state.writer.last_failure(),
+        // The probe committed; still unhealthy if real writes failed just now.
+        // Overloaded (queue full) is not unhealthy in itself: the writer is
+        // busy committing.
+        Ok(Ok(()) | Err(WriteError::QueueFull)) => state.writer.recent_failure(),
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some(format!(
             "storage did not complete a write within {}",

@@ -236,7 +236,7 @@ impl Drop for Unmount<'_> {
 
 /// Mounts a tiny tmpfs (root only) and fills it through the API.
 #[test]
-fn a_full_disk_answers_503_and_health_says_unhealthy() {
+fn a_full_disk_answers_503_says_unhealthy_and_recovers_without_a_restart() {
     let mount = tempfile::tempdir().unwrap();
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
@@ -273,9 +273,31 @@ fn a_full_disk_answers_503_and_health_says_unhealthy() {
     assert!(body["current_time"].is_string());
     assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
 
+    // Reads keep working while writes fail, and nothing half-written shows.
     for id in &accepted {
         assert_eq!(get_transaction(daemon.addr, id).status, 200, "{id}");
     }
     get_transaction(daemon.addr, &refused.0).assert_error(404, "not_found");
+
+    // The fault clears (the filesystem grows): the daemon recovers by itself.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(mount.path())
+        .status()
+        .unwrap();
+    assert!(grown.success(), "remount failed");
+    poll_until(
+        Duration::from_secs(30),
+        "a 202 after the disk has room",
+        || (post(daemon.addr, &payload("txn_after_fault", "1")).status == 202).then_some(()),
+    );
+    poll_until(Duration::from_secs(30), "HEALTHY after the fault", || {
+        (get(daemon.addr, "/").status == 200).then_some(())
+    });
+    for id in &accepted {
+        assert_eq!(get_transaction(daemon.addr, id).status, 200, "{id}");
+    }
+    get_transaction(daemon.addr, &refused.0).assert_error(404, "not_found");
+    assert_eq!(get_transaction(daemon.addr, "txn_after_fault").status, 200);
     daemon.kill();
 }

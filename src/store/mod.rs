@@ -15,7 +15,8 @@ pub mod writer;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -91,6 +92,9 @@ pub enum StoreError {
     /// redb failed (I/O error, corrupted page, closed database).
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
+    /// The database is being reopened after a storage error and cannot be read yet.
+    #[error("the database is being reopened after a storage error")]
+    Reopening,
     /// A stored record cannot be decoded.
     #[error("stored record {id:?} cannot be read: {source}")]
     Corrupt {
@@ -131,11 +135,21 @@ pub struct JobStats {
     pub earliest_due_ms: Option<u64>,
 }
 
+/// How long a reopen waits for in-flight reads to let go of the old handle.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+
 /// Shared handle to the open database. Cheap to clone; reads go through
 /// MVCC read transactions and never wait for the writer.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    /// `None` only while a reopen after a storage error has not succeeded.
+    /// Readers hold the lock just long enough to clone the `Arc`.
+    db: RwLock<Option<Arc<Database>>>,
 }
 
 impl Store {
@@ -174,19 +188,72 @@ impl Store {
             }
         }
 
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| database_error(e.into()))?;
+        let db = open_writable(&path).map_err(&database_error)?;
         let found = read_schema_version(&db).map_err(&database_error)?;
         check_schema_version(&path, found)?;
         initialise(&db).map_err(&database_error)?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            shared: Arc::new(Shared {
+                path,
+                db: RwLock::new(Some(Arc::new(db))),
+            }),
+        })
+    }
+
+    /// The open database, for one operation.
+    pub(crate) fn handle(&self) -> Result<Arc<Database>, StoreError> {
+        self.shared
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Reopening)
+    }
+
+    /// Closes the database and opens the file again.
+    ///
+    /// After an I/O error redb fails every later operation, reads included,
+    /// until the file is reopened; opening repairs the file back to its last
+    /// durable commit, so nothing acknowledged is lost. Only the writer
+    /// thread calls this, with no handle of its own still alive.
+    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(mut db) = slot.take() {
+            // redb locks the file; the old handle must be dropped (closing
+            // the file) before it can be opened again. In-flight reads hold
+            // clones for the length of one read.
+            let deadline = Instant::now() + REOPEN_WAIT;
+            loop {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if Instant::now() < deadline => {
+                        db = shared;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(shared) => {
+                        *slot = Some(shared);
+                        return Err(StoreError::Reopening);
+                    }
+                }
+            }
+        }
+        let db = open_writable(&self.shared.path).map_err(StoreError::Storage)?;
+        *slot = Some(Arc::new(db));
+        Ok(())
     }
 
     /// Reads one transaction.
     pub fn get(&self, transaction_id: &str) -> Result<Option<Record>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        // The handle stays alive for the whole read, so a reopen waits for it.
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
         let table = txn.open_table(TRANSACTIONS).map_err(StoreError::storage)?;
         let Some(value) = table.get(transaction_id).map_err(StoreError::storage)? else {
             return Ok(None);
@@ -201,7 +268,8 @@ impl Store {
 
     /// Up to `limit` jobs due at or before `now_ms`, earliest first.
     pub fn due_jobs(&self, now_ms: u64, limit: usize) -> Result<Vec<Job>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
         let table = txn.open_table(JOBS).map_err(StoreError::storage)?;
         let mut jobs = Vec::new();
         for row in table.iter().map_err(StoreError::storage)?.take(limit) {
@@ -220,7 +288,8 @@ impl Store {
 
     /// Due time of the earliest pending job, if any.
     pub fn next_due(&self) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
         let table = txn.open_table(JOBS).map_err(StoreError::storage)?;
         Ok(table
             .first()
@@ -230,7 +299,8 @@ impl Store {
 
     /// Number of pending (not yet processed) jobs.
     pub fn pending_jobs(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
         let table = txn.open_table(JOBS).map_err(StoreError::storage)?;
         table.len().map_err(StoreError::storage)
     }
@@ -239,7 +309,8 @@ impl Store {
     /// due at `now_ms` (the backlog), and the due time of the earliest.
     /// Counting the backlog walks it, so it stops at [`BACKLOG_COUNT_CAP`].
     pub fn job_stats(&self, now_ms: u64) -> Result<JobStats, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
         let table = txn.open_table(JOBS).map_err(StoreError::storage)?;
         let pending = table.len().map_err(StoreError::storage)?;
         let earliest_due_ms = table
@@ -262,10 +333,12 @@ impl Store {
             earliest_due_ms,
         })
     }
+}
 
-    pub(crate) fn database(&self) -> &Database {
-        &self.db
-    }
+fn open_writable(path: &Path) -> Result<Database, redb::Error> {
+    Ok(Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)?)
 }
 
 fn read_schema_version(db: &impl ReadableDatabase) -> Result<Option<u64>, redb::Error> {

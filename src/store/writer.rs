@@ -14,12 +14,12 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{ReadableTable, Table};
+use redb::{Database, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{JOBS, Job, META, Store, TRANSACTIONS, encoding};
+use super::{JOBS, Job, META, Store, StoreError, TRANSACTIONS, encoding};
 use crate::model::{NewTransaction, Status};
 
 /// Most commands applied in one write transaction. Bounds the time one
@@ -28,6 +28,14 @@ pub const MAX_BATCH: usize = 2048;
 
 /// Default capacity of the queue in front of the writer (`--queue-depth`).
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
+
+/// Least time between two attempts to reopen the database after a storage
+/// error; between attempts, writes are answered 503 at once.
+const REOPEN_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a failed write keeps `GET /` unhealthy unless a write of data
+/// succeeds first.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(5);
 
 /// Key in the meta table that health probes overwrite, so a probe proves a
 /// real durable write still works.
@@ -82,7 +90,7 @@ enum Command {
 #[derive(Clone)]
 pub struct WriterHandle {
     queue: mpsc::Sender<Command>,
-    last_failure: Arc<Mutex<Option<String>>>,
+    last_failure: Arc<Mutex<Option<(Instant, String)>>>,
 }
 
 impl WriterHandle {
@@ -114,11 +122,16 @@ impl WriterHandle {
         answer.blocking_recv().map_err(|_| WriteError::Closed)?
     }
 
-    /// Why the most recent write transaction failed, if it did; cleared by
-    /// the next one that commits.
+    /// Why a write failed within the last [`FAILURE_MEMORY`], unless a
+    /// write of data (an acceptance or a completion) has committed since.
+    /// A health probe alone does not clear it: a tiny probe can still fit
+    /// on a disk that refuses the records themselves.
     #[must_use]
-    pub fn last_failure(&self) -> Option<String> {
-        lock(&self.last_failure).clone()
+    pub fn recent_failure(&self) -> Option<String> {
+        lock(&self.last_failure)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FAILURE_MEMORY)
+            .map(|(_, reason)| reason.clone())
     }
 
     fn try_send(&self, command: Command) -> Result<(), WriteError> {
@@ -143,6 +156,8 @@ pub fn spawn(
     let last_failure = Arc::new(Mutex::new(None));
     let writer = Writer {
         store,
+        needs_reopen: false,
+        last_reopen: None,
         last_failure: Arc::clone(&last_failure),
         delay_ms: u64::try_from(process_delay.as_millis()).unwrap_or(u64::MAX),
         last_now_ms: 0,
@@ -162,12 +177,25 @@ pub fn spawn(
 
 struct Writer {
     store: Store,
-    last_failure: Arc<Mutex<Option<String>>>,
+    /// A write failed; the database must be reopened before the next one.
+    needs_reopen: bool,
+    last_reopen: Option<Instant>,
+    last_failure: Arc<Mutex<Option<(Instant, String)>>>,
     delay_ms: u64,
     /// Time of the previous batch; batch times never go backwards, so
     /// `processed_at >= created_at` even if the wall clock is stepped back.
     last_now_ms: u64,
     buf: Vec<u8>,
+}
+
+/// What a committed batch did.
+struct Applied {
+    /// One per command, in command order.
+    outcomes: Vec<Outcome>,
+    /// Earliest due time among the jobs it added.
+    earliest_new_due: Option<u64>,
+    /// Whether it stored or completed a transaction (more than a probe).
+    wrote_data: bool,
 }
 
 /// Per-command result of applying a batch, sent only after the commit.
@@ -187,25 +215,34 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if self.needs_reopen && !self.try_reopen() {
+                let error = WriteError::Storage(
+                    "storage failed and the database could not be reopened yet".to_owned(),
+                );
+                self.fail_batch(&mut batch, &error);
+                continue;
+            }
             let now_ms = now_ms().max(self.last_now_ms);
             self.last_now_ms = now_ms;
             match self.apply(&batch, now_ms) {
-                Ok((outcomes, earliest_new_due)) => {
-                    lock(&self.last_failure).take();
-                    for (command, outcome) in batch.drain(..).zip(outcomes) {
+                Ok(applied) => {
+                    if applied.wrote_data {
+                        lock(&self.last_failure).take();
+                    }
+                    for (command, outcome) in batch.drain(..).zip(applied.outcomes) {
                         answer(command, outcome);
                     }
-                    if let Some(due) = earliest_new_due {
+                    if let Some(due) = applied.earliest_new_due {
                         on_new_jobs(due);
                     }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, commands = batch.len(), "write transaction failed; nothing of this batch was stored");
-                    let error = WriteError::Storage(e.to_string());
-                    *lock(&self.last_failure) = Some(error.to_string());
-                    for command in batch.drain(..) {
-                        fail(command, error.clone());
-                    }
+                    self.fail_batch(&mut batch, &WriteError::Storage(e.to_string()));
+                    // Reopen at once, so reads work again even while writes
+                    // keep failing; later batches retry if this fails.
+                    self.needs_reopen = true;
+                    self.try_reopen();
                 }
             }
         }
@@ -215,18 +252,25 @@ impl Writer {
     /// Applies a batch in one write transaction and commits it durably.
     /// Returns one outcome per command and the earliest due time of the
     /// jobs it added.
-    fn apply(
+    fn apply(&mut self, batch: &[Command], now_ms: u64) -> Result<Applied, StoreError> {
+        let db = self.store.handle()?;
+        Ok(self.apply_in(&db, batch, now_ms)?)
+    }
+
+    fn apply_in(
         &mut self,
+        db: &Database,
         batch: &[Command],
         now_ms: u64,
-    ) -> Result<(Vec<Outcome>, Option<u64>), redb::Error> {
-        let txn = self.store.database().begin_write()?;
+    ) -> Result<Applied, redb::Error> {
+        let txn = db.begin_write()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut earliest_new_due = None;
         // Only a batch that changed something, or carries a health probe,
         // needs a commit; a batch of pure duplicates is answered from
         // already-durable data.
-        let mut must_commit = false;
+        let mut wrote_data = false;
+        let mut probed = false;
         {
             let mut transactions = txn.open_table(TRANSACTIONS)?;
             let mut jobs = txn.open_table(JOBS)?;
@@ -236,7 +280,7 @@ impl Writer {
                         let outcome =
                             self.accept(&mut transactions, &mut jobs, transaction, now_ms)?;
                         if outcome == Ok(AcceptOutcome::Created) {
-                            must_commit = true;
+                            wrote_data = true;
                             let due = now_ms.saturating_add(self.delay_ms);
                             earliest_new_due =
                                 Some(earliest_new_due.map_or(due, |d: u64| d.min(due)));
@@ -244,23 +288,58 @@ impl Writer {
                         outcomes.push(Outcome::Accept(outcome));
                     }
                     Command::Complete { jobs: done, .. } => {
-                        must_commit |= self.complete(&mut transactions, &mut jobs, done, now_ms)?;
+                        wrote_data |= self.complete(&mut transactions, &mut jobs, done, now_ms)?;
                         outcomes.push(Outcome::Done);
                     }
                     Command::Probe { .. } => {
-                        must_commit = true;
+                        probed = true;
                         txn.open_table(META)?.insert(HEALTH_PROBE_KEY, now_ms)?;
                         outcomes.push(Outcome::Done);
                     }
                 }
             }
         }
-        if must_commit {
+        if wrote_data || probed {
             txn.commit()?;
         } else {
             txn.abort()?;
         }
-        Ok((outcomes, earliest_new_due))
+        Ok(Applied {
+            outcomes,
+            earliest_new_due,
+            wrote_data,
+        })
+    }
+
+    /// Answers every command of a batch that could not be applied.
+    fn fail_batch(&self, batch: &mut Vec<Command>, error: &WriteError) {
+        *lock(&self.last_failure) = Some((Instant::now(), error.to_string()));
+        for command in batch.drain(..) {
+            fail(command, error.clone());
+        }
+    }
+
+    /// Reopens the database after a storage error, at most once per
+    /// [`REOPEN_RETRY`]. Returns whether the database is usable again.
+    fn try_reopen(&mut self) -> bool {
+        if self
+            .last_reopen
+            .is_some_and(|at| at.elapsed() < REOPEN_RETRY)
+        {
+            return false;
+        }
+        self.last_reopen = Some(Instant::now());
+        match self.store.reopen() {
+            Ok(()) => {
+                tracing::warn!("database reopened after a storage error; accepting writes again");
+                self.needs_reopen = false;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen the database yet; will retry");
+                false
+            }
+        }
     }
 
     fn accept(
