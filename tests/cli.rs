@@ -206,3 +206,63 @@ fn an_address_in_use_is_one_line() {
     let line = assert_one_line_failure(code, &stderr, 1);
     assert!(line.contains(&addr), "{line}");
 }
+
+#[test]
+fn a_garbage_or_truncated_database_is_refused_and_left_untouched() {
+    // Garbage where the database should be.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("webhookd.redb");
+    let garbage: Vec<u8> = (0..100_000_u32).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(&file, &garbage).unwrap();
+    let (code, stderr) = run_to_exit(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let line = assert_one_line_failure(code, &stderr, 1);
+    assert!(line.contains(file.to_str().unwrap()), "{line}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        garbage,
+        "garbage file changed"
+    );
+
+    // A real database cut short.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    for i in 0..50 {
+        assert_eq!(
+            post(daemon.addr, &payload(&format!("txn_cut_{i}"), "1")).status,
+            202
+        );
+    }
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(20)).0.success());
+    let file = dir.path().join("webhookd.redb");
+    let whole = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &whole[..whole.len() / 2]).unwrap();
+    let (code, stderr) = run_to_exit(
+        &[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let line = assert_one_line_failure(code, &stderr, 1);
+    assert!(line.contains(file.to_str().unwrap()), "{line}");
+    assert_eq!(std::fs::read(&file).unwrap(), &whole[..whole.len() / 2]);
+}
+
+#[test]
+fn an_empty_database_file_left_by_a_crash_at_first_start_becomes_a_new_database() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("webhookd.redb"), b"").unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    assert_eq!(post(daemon.addr, &payload("txn_fresh", "1")).status, 202);
+}

@@ -132,3 +132,77 @@ fn jobs_not_yet_due_at_shutdown_run_after_the_next_start() {
     let body = wait_processed(daemon.addr, "txn_later", Duration::from_secs(20));
     assert!(millis(&body["processed_at"]) >= millis(&body["created_at"]) + 3000);
 }
+
+/// 20 cycles of concurrent load, SIGKILL at a varying moment, restart.
+#[test]
+fn twenty_kill_and_restart_cycles_lose_nothing_and_process_everything_once() {
+    const CYCLES: u32 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut acknowledged: Vec<(String, String)> = Vec::new();
+    for cycle in 0..CYCLES {
+        let daemon = Daemon::start(dir.path(), &["--process-delay", "200ms"]);
+        let addr = daemon.addr;
+        let acked = Mutex::new(Vec::new());
+        let stop = AtomicBool::new(false);
+        // Kill after a different number of acknowledgements each cycle.
+        let kill_after = 20 + (cycle as usize * 37) % 150;
+        std::thread::scope(|scope| {
+            for worker in 0..8 {
+                let (acked, stop) = (&acked, &stop);
+                scope.spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let id = format!("txn_loop_{cycle}_{worker}_{n}");
+                        let amount = format!("{n}.{cycle:02}");
+                        let Ok(response) =
+                            std::panic::catch_unwind(|| post(addr, &payload(&id, &amount)))
+                        else {
+                            break;
+                        };
+                        if response.status == 202 {
+                            acked.lock().unwrap().push((id, amount));
+                        }
+                    }
+                });
+            }
+            poll_until(Duration::from_secs(60), "acknowledgements", || {
+                (acked.lock().unwrap().len() >= kill_after).then_some(())
+            });
+            daemon.kill();
+            stop.store(true, Ordering::Relaxed);
+        });
+        acknowledged.extend(acked.into_inner().unwrap());
+    }
+
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "200ms"]);
+    let mut processed_at = Vec::new();
+    for (id, amount) in &acknowledged {
+        let body = wait_processed(daemon.addr, id, Duration::from_secs(30));
+        assert_eq!(body["source_account"], "acc_user_789", "{id}");
+        assert_eq!(
+            body["amount"].to_string(),
+            amount.trim_end_matches('0').trim_end_matches('.'),
+            "{id}"
+        );
+        processed_at.push(body["processed_at"].clone());
+    }
+    // Processed exactly once: processed_at does not move after another restart.
+    daemon.kill();
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "200ms"]);
+    for ((id, _), at) in acknowledged.iter().zip(&processed_at) {
+        assert_eq!(
+            &get_transaction(daemon.addr, id).json()["processed_at"],
+            at,
+            "{id}"
+        );
+    }
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(20)).0.success());
+    // The database opens cleanly and holds exactly one record per id.
+    let store = webhookd::store::Store::open(dir.path()).expect("database opens cleanly");
+    assert_eq!(store.pending_jobs().unwrap(), 0);
+    for (id, _) in &acknowledged {
+        assert!(store.get(id).unwrap().is_some(), "{id}");
+    }
+}

@@ -174,7 +174,10 @@ impl Store {
             },
         };
 
-        if path.exists() {
+        // An empty file is what a crash during the very first start leaves
+        // behind; like a missing one, it becomes a new database.
+        let existing = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        if existing {
             match redb::Builder::new().open_read_only(&path) {
                 Ok(db) => {
                     let found = read_schema_version(&db).map_err(&database_error)?;
