@@ -67,6 +67,36 @@ pub struct Config {
     )]
     pub shutdown_grace: Duration,
 
+    /// Most connections served at once; more clients wait in the listen backlog.
+    #[arg(
+        long,
+        env = "WEBHOOKD_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
+    pub max_connections: u64,
+
+    /// A request head must arrive within this time; also closes idle keep-alive connections.
+    #[arg(
+        long,
+        env = "WEBHOOKD_HEADER_READ_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = parse_positive_duration
+    )]
+    pub header_read_timeout: Duration,
+
+    /// A request body must arrive within this time, else 408.
+    #[arg(
+        long,
+        env = "WEBHOOKD_BODY_READ_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION",
+        value_parser = parse_positive_duration
+    )]
+    pub body_read_timeout: Duration,
+
     /// Log line format; the level comes from `RUST_LOG` (default info).
     #[arg(
         long,
@@ -99,6 +129,14 @@ pub enum LogFormat {
 
 fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What `main` should do after parsing the command line.

@@ -31,14 +31,20 @@ use crate::model::{self, PayloadError, Record};
 use crate::store::Store;
 use crate::store::writer::{AcceptOutcome, WriteError, WriterHandle};
 
-/// Most connections served at once; further clients wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 4096;
-
-/// A client must send its request head within this time.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A client must send its whole body within this time.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bounds on what one client can hold: set from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body (`--max-body-bytes`).
+    pub max_body_bytes: u64,
+    /// Most connections served at once; further clients wait in the
+    /// listen backlog (`--max-connections`).
+    pub max_connections: usize,
+    /// A request head (also the next one on an idle keep-alive
+    /// connection) must arrive within this time (`--header-read-timeout`).
+    pub header_read_timeout: Duration,
+    /// A whole request body must arrive within this time (`--body-read-timeout`).
+    pub body_read_timeout: Duration,
+}
 
 /// Largest request head (request line and headers) hyper buffers.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -57,17 +63,17 @@ const METRICS_PATH: &str = "/metrics";
 pub struct AppState {
     store: Store,
     writer: WriterHandle,
-    max_body_bytes: u64,
+    limits: Limits,
 }
 
 impl AppState {
-    /// Bundles the store (for reads), the writer (for writes) and the body limit.
+    /// Bundles the store (for reads), the writer (for writes) and the limits.
     #[must_use]
-    pub fn new(store: Store, writer: WriterHandle, max_body_bytes: u64) -> Self {
+    pub fn new(store: Store, writer: WriterHandle, limits: Limits) -> Self {
         AppState {
             store,
             writer,
-            max_body_bytes,
+            limits,
         }
     }
 }
@@ -84,13 +90,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
-    let connection_slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = state.limits;
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     tokio::pin!(shutdown);
 
@@ -268,7 +275,7 @@ async fn receive(
     if !is_json_content_type(request.headers().get(header::CONTENT_TYPE)) {
         return Err(ApiError::UnsupportedMediaType.response());
     }
-    let limit = state.max_body_bytes;
+    let limit = state.limits.max_body_bytes;
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -285,7 +292,7 @@ async fn receive(
         request.into_body(),
         usize::try_from(limit).unwrap_or(usize::MAX),
     );
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+    let body = match tokio::time::timeout(state.limits.body_read_timeout, limited.collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(close_connection(
@@ -297,7 +304,11 @@ async fn receive(
                 ApiError::InvalidJson(format!("could not read the request body: {e}")).response(),
             ));
         }
-        Err(_) => return Err(close_connection(ApiError::BodyTimeout.response())),
+        Err(_) => {
+            return Err(close_connection(
+                ApiError::BodyTimeout(state.limits.body_read_timeout).response(),
+            ));
+        }
     };
     let transaction = model::parse_payload(&body).map_err(|e| ApiError::from(e).response())?;
     let id = transaction.transaction_id.clone();
@@ -407,7 +418,7 @@ enum ApiError {
         message: String,
     },
     Unavailable(String),
-    BodyTimeout,
+    BodyTimeout(Duration),
 }
 
 #[derive(Serialize)]
@@ -477,12 +488,12 @@ impl ApiError {
                 format!("not stored, try again later: {reason}"),
                 None,
             ),
-            ApiError::BodyTimeout => (
+            ApiError::BodyTimeout(limit) => (
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
                 format!(
                     "request body not received within {}",
-                    humantime::format_duration(BODY_READ_TIMEOUT)
+                    humantime::format_duration(*limit)
                 ),
                 None,
             ),

@@ -109,7 +109,13 @@ pub fn run(config: &Config) -> Result<(), Error> {
         "{}",
         http::ready_line(addr)
     );
-    let state = Arc::new(http::AppState::new(store, writer, config.max_body_bytes));
+    let limits = http::Limits {
+        max_body_bytes: config.max_body_bytes,
+        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: config.header_read_timeout,
+        body_read_timeout: config.body_read_timeout,
+    };
+    let state = Arc::new(http::AppState::new(store, writer, limits));
     runtime.block_on(http::serve(
         listener,
         state,
