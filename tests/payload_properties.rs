@@ -1,0 +1,141 @@
+//! Property tests of the payload parser: arbitrary bytes and arbitrary JSON
+//! never panic, and every valid payload round-trips exactly.
+
+use proptest::prelude::*;
+use webhookd::model::{Field, PayloadError, format_amount, parse_amount, parse_payload};
+
+/// Any JSON value, nested a few levels deep.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| serde_json::json!(f)),
+        ".{0,40}".prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("transaction_id".to_owned()),
+                    Just("amount".to_owned()),
+                    Just("currency".to_owned()),
+                    ".{0,12}"
+                ],
+                inner,
+                0..8
+            )
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Text that passes validation: 1 to 255 bytes, no control characters.
+fn valid_text() -> impl Strategy<Value = String> {
+    "[^\\p{Cc}]{1,60}".prop_filter("at most 255 bytes", |s| s.len() <= 255)
+}
+
+/// A positive decimal as (digits, scale) and its canonical spelling.
+fn decimal() -> impl Strategy<Value = (String, String)> {
+    (1_u64..=u64::MAX, 0_u32..=12).prop_map(|(mantissa, scale)| {
+        let digits = mantissa.to_string();
+        let written = if scale == 0 {
+            digits.clone()
+        } else {
+            let padded = format!("{digits:0>width$}", width = scale as usize + 1);
+            let (int, frac) = padded.split_at(padded.len() - scale as usize);
+            format!("{int}.{frac}")
+        };
+        let canonical = if written.contains('.') {
+            written
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_owned()
+        } else {
+            written.clone()
+        };
+        (written, canonical)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = parse_payload(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics_and_non_objects_are_invalid_json(value in json_value()) {
+        let text = value.to_string();
+        let result = parse_payload(text.as_bytes());
+        if !value.is_object() {
+            prop_assert!(matches!(result, Err(PayloadError::InvalidJson(_))));
+        }
+    }
+
+    #[test]
+    fn valid_payloads_round_trip_exactly(
+        id in valid_text(),
+        source in valid_text(),
+        destination in valid_text(),
+        (amount, canonical) in decimal(),
+        currency in "[a-zA-Z]{3}",
+        extra in json_value(),
+    ) {
+        let body = serde_json::json!({
+            "transaction_id": id,
+            "source_account": source,
+            "destination_account": destination,
+            "currency": currency,
+            "extra": extra,
+        })
+        .to_string();
+        // Splice the amount in as a raw JSON number, exactly as written.
+        let body = body.replacen('{', &format!("{{\"amount\":{amount},"), 1);
+        let parsed = parse_payload(body.as_bytes()).expect("valid payload");
+        prop_assert_eq!(&parsed.transaction_id, &id);
+        prop_assert_eq!(&parsed.source_account, &source);
+        prop_assert_eq!(&parsed.destination_account, &destination);
+        prop_assert_eq!(parsed.currency.as_str(), currency.to_ascii_uppercase());
+        prop_assert_eq!(format_amount(parsed.amount), canonical);
+    }
+
+    #[test]
+    fn formatted_amounts_parse_back_to_the_same_value(text in "[0-9]{1,30}(\\.[0-9]{1,30})?([eE][+-]?[0-9]{1,3})?") {
+        if let Ok(amount) = parse_amount(&text) {
+            let formatted = format_amount(amount);
+            prop_assert!(!formatted.contains(['e', 'E']));
+            prop_assert_eq!(parse_amount(&formatted), Ok(amount));
+        }
+    }
+
+    #[test]
+    fn invalid_text_fields_are_refused_naming_the_field(
+        bad in prop_oneof![
+            Just(String::new()),
+            "[a-z]{256,300}",
+            "[a-z]{0,10}[\\x00-\\x1f\\x7f][a-z]{0,10}",
+        ],
+        which in 0_usize..3,
+    ) {
+        let field = [Field::TransactionId, Field::SourceAccount, Field::DestinationAccount][which];
+        let mut object = serde_json::json!({
+            "transaction_id": "t",
+            "source_account": "s",
+            "destination_account": "d",
+            "amount": 1,
+            "currency": "EUR",
+        });
+        object[field.name()] = serde_json::Value::String(bad);
+        let result = parse_payload(object.to_string().as_bytes());
+        prop_assert!(
+            matches!(result, Err(PayloadError::InvalidField { field: f, .. }) if f == field),
+            "{:?}", result
+        );
+    }
+}
