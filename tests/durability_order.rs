@@ -1,0 +1,92 @@
+//! A 202 leaves only after an fsync: the daemon runs under strace, and in
+//! the trace every `HTTP/1.1 202` written to a socket comes after an
+//! fdatasync/fsync that completed since the previous 202. This is what
+//! makes an acknowledged transaction survive losing the OS page cache
+//! (power loss), not only a killed process.
+//!
+//! Needs `strace` (`.ci/run` installs it); without it the test says so and
+//! passes vacuously on that machine only.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Daemon, payload, poll_until, post};
+
+const REQUESTS: usize = 30;
+
+#[test]
+fn every_202_is_preceded_by_its_own_completed_fsync() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipping: strace is not installed (apt-get install strace)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let data = dir.path().join("data");
+    let mut command = Command::new("strace");
+    command
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,write,writev,sendto,sendmsg",
+        ])
+        .arg("-o")
+        .arg(&trace)
+        .arg(common::BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let daemon = Daemon::spawn(command);
+
+    // One at a time, so each acknowledgement needs a commit of its own.
+    for i in 0..REQUESTS {
+        assert_eq!(
+            post(daemon.addr, &payload(&format!("txn_sync_{i}"), "1")).status,
+            202
+        );
+    }
+    // Stop webhookd itself (strace's child); strace then exits and flushes.
+    let children = Command::new("pgrep")
+        .args(["-P", &daemon.pid().to_string()])
+        .output()
+        .unwrap();
+    let webhookd_pid = String::from_utf8(children.stdout).unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", webhookd_pid.trim()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "could not signal webhookd under strace");
+    assert!(daemon.wait_exit(Duration::from_secs(30)).0.success());
+    let text = poll_until(Duration::from_secs(10), "the trace file", || {
+        std::fs::read_to_string(&trace).ok()
+    });
+
+    let mut synced = false;
+    let mut acknowledgements = 0;
+    let mut syncs = 0;
+    for line in text.lines() {
+        let is_sync = line.contains("fdatasync(") || line.contains("fsync(");
+        let completed = line.contains(" = 0");
+        if is_sync && completed {
+            syncs += 1;
+            synced = true;
+        } else if line.contains("\"HTTP/1.1 202") {
+            assert!(
+                synced,
+                "a 202 was written without a completed fsync since the previous one:\n{line}"
+            );
+            synced = false;
+            acknowledgements += 1;
+        }
+    }
+    assert_eq!(acknowledgements, REQUESTS, "every 202 seen in the trace");
+    assert!(
+        syncs >= REQUESTS,
+        "{syncs} syncs for {REQUESTS} acknowledgements"
+    );
+}
