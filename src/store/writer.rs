@@ -10,7 +10,9 @@
 //! - commands in one batch see each other's writes, so two copies of a new
 //!   id in the same batch give one record, one job and one `duplicate: false`;
 //! - if the commit fails, nothing of the batch is stored and every caller
-//!   in it is told so.
+//!   in it is told so; the database is then reopened (redb refuses every
+//!   operation after an I/O error until it is), so the daemon recovers from
+//!   a full disk without a restart.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
