@@ -266,3 +266,38 @@ fn an_empty_database_file_left_by_a_crash_at_first_start_becomes_a_new_database(
     let daemon = Daemon::start(dir.path(), &[]);
     assert_eq!(post(daemon.addr, &payload("txn_fresh", "1")).status, 202);
 }
+
+/// A data dir on a read-only filesystem (root only: it mounts one).
+#[test]
+fn a_data_dir_that_cannot_be_written_is_one_line_naming_it() {
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipping: cannot mount a read-only tmpfs here (needs root)");
+        return;
+    }
+    let unmount = || {
+        let _ = std::process::Command::new("umount")
+            .arg(mount.path())
+            .status();
+    };
+    let sub = mount.path().join("sub");
+    let results: Vec<_> = [mount.path(), sub.as_path()]
+        .iter()
+        .map(|dir| {
+            let dir = dir.to_str().unwrap().to_owned();
+            let (code, stderr) = run_to_exit(&["--data-dir", &dir, "--listen", "127.0.0.1:0"], &[]);
+            (dir, code, stderr)
+        })
+        .collect();
+    unmount();
+    for (dir, code, stderr) in results {
+        let line = assert_one_line_failure(code, &stderr, 1);
+        assert!(line.contains(&dir), "{line}");
+        assert!(line.contains("Read-only"), "{line}");
+    }
+}
