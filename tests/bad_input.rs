@@ -301,3 +301,15 @@ fn a_full_disk_answers_503_says_unhealthy_and_recovers_without_a_restart() {
     assert_eq!(get_transaction(daemon.addr, "txn_after_fault").status, 200);
     daemon.kill();
 }
+
+#[test]
+fn a_body_of_exactly_the_default_limit_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let base = valid("txn_big_body");
+    let with_pad = |pad: &str| base.replacen('}', &format!(r#","pad":"{pad}"}}"#), 1);
+    let body = with_pad(&"x".repeat(65_536 - with_pad("").len()));
+    assert_eq!(body.len(), 65_536);
+    let response = post(daemon.addr, &body);
+    assert_eq!(response.status, 202, "{}", response.body);
+}
