@@ -69,8 +69,19 @@ fn every_202_is_preceded_by_its_own_completed_fsync() {
     let mut synced = false;
     let mut acknowledgements = 0;
     let mut syncs = 0;
-    for line in text.lines() {
-        let is_sync = line.contains("fdatasync(") || line.contains("fsync(");
+    let lines: Vec<&str> = text.lines().collect();
+    for (at, line) in lines.iter().enumerate() {
+        // With several threads strace may split a call into
+        // `fdatasync(5 <unfinished ...>` and `<... fdatasync resumed>) = 0`;
+        // only the line carrying the result counts as completed.
+        let is_sync = [
+            "fdatasync(",
+            "fsync(",
+            "fdatasync resumed>",
+            "fsync resumed>",
+        ]
+        .iter()
+        .any(|call| line.contains(call));
         let completed = line.contains(" = 0");
         if is_sync && completed {
             syncs += 1;
@@ -78,7 +89,8 @@ fn every_202_is_preceded_by_its_own_completed_fsync() {
         } else if line.contains("\"HTTP/1.1 202") {
             assert!(
                 synced,
-                "a 202 was written without a completed fsync since the previous one:\n{line}"
+                "a 202 was written without a completed fsync since the previous one:\n{}",
+                lines[at.saturating_sub(15)..=at].join("\n")
             );
             synced = false;
             acknowledgements += 1;
