@@ -97,6 +97,26 @@ pub struct Config {
     )]
     pub body_read_timeout: Duration,
 
+    /// Verify webhook signatures with this scheme (off when not set); POSTs
+    /// without a valid signature get 401 and are not stored.
+    #[arg(
+        long,
+        env = "WEBHOOKD_SIGNATURE_SCHEME",
+        value_name = "SCHEME",
+        value_enum
+    )]
+    pub signature_scheme: Option<crate::signature::Scheme>,
+
+    /// File with the signing secrets, one per line (any one may match, so
+    /// secrets can be rotated); `whsec_<base64>` for standard-webhooks.
+    #[arg(long, env = "WEBHOOKD_SIGNING_SECRETS_FILE", value_name = "PATH")]
+    pub signing_secrets_file: Option<PathBuf>,
+
+    /// Header carrying the hex signature, for --signature-scheme hmac-sha256
+    /// (e.g. X-Razorpay-Signature).
+    #[arg(long, env = "WEBHOOKD_SIGNATURE_HEADER", value_name = "NAME")]
+    pub signature_header: Option<String>,
+
     /// Log line format; the level comes from `RUST_LOG` (default info).
     #[arg(
         long,

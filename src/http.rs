@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::model::{self, PayloadError, Record};
+use crate::signature::Verifier;
 use crate::store::Store;
 use crate::store::writer::{AcceptOutcome, WriteError, WriterHandle};
 
@@ -64,16 +65,24 @@ pub struct AppState {
     store: Store,
     writer: WriterHandle,
     limits: Limits,
+    verifier: Option<Verifier>,
 }
 
 impl AppState {
-    /// Bundles the store (for reads), the writer (for writes) and the limits.
+    /// Bundles the store (for reads), the writer (for writes), the limits
+    /// and the signature verifier, if one is configured.
     #[must_use]
-    pub fn new(store: Store, writer: WriterHandle, limits: Limits) -> Self {
+    pub fn new(
+        store: Store,
+        writer: WriterHandle,
+        limits: Limits,
+        verifier: Option<Verifier>,
+    ) -> Self {
         AppState {
             store,
             writer,
             limits,
+            verifier,
         }
     }
 }
@@ -267,7 +276,8 @@ struct Accepted<'a> {
     duplicate: bool,
 }
 
-/// Checks run in the contract's order: 415, 413, 400, 422, then the write.
+/// Checks run in the contract's order: 415, 413, 401 (when signatures are
+/// on; over the raw body, before parsing), 400, 422, then the write.
 async fn receive(
     state: &AppState,
     request: Request<Incoming>,
@@ -288,10 +298,9 @@ async fn receive(
             ApiError::PayloadTooLarge(limit).response(),
         ));
     }
-    let limited = Limited::new(
-        request.into_body(),
-        usize::try_from(limit).unwrap_or(usize::MAX),
-    );
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     let body = match tokio::time::timeout(state.limits.body_read_timeout, limited.collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -310,6 +319,12 @@ async fn receive(
             ));
         }
     };
+    if let Some(verifier) = &state.verifier {
+        let now = now_ms() / 1000;
+        verifier
+            .verify(&headers, &body, now)
+            .map_err(|rejection| ApiError::InvalidSignature(rejection.0).response())?;
+    }
     let transaction = model::parse_payload(&body).map_err(|e| ApiError::from(e).response())?;
     let id = transaction.transaction_id.clone();
     let outcome = state.writer.accept(transaction).await.map_err(|e| {
@@ -419,6 +434,7 @@ enum ApiError {
     },
     Unavailable(String),
     BodyTimeout(Duration),
+    InvalidSignature(&'static str),
 }
 
 #[derive(Serialize)]
@@ -486,6 +502,12 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 format!("not stored, try again later: {reason}"),
+                None,
+            ),
+            ApiError::InvalidSignature(reason) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_signature",
+                format!("webhook signature rejected: {reason}"),
                 None,
             ),
             ApiError::BodyTimeout(limit) => (

@@ -6,6 +6,7 @@
 //! - [`store`]: redb tables, record encoding, schema version, and the single
 //!   group-committing writer ([`store::writer`]), the durable-write path;
 //! - [`scheduler`]: fires due jobs from the durable jobs table;
+//! - [`signature`]: optional webhook signature verification;
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
@@ -18,6 +19,7 @@ pub mod http;
 pub mod model;
 pub mod scheduler;
 pub mod shutdown;
+pub mod signature;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -36,6 +38,9 @@ pub enum Error {
     /// The store could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// The signature verification settings are unusable.
+    #[error(transparent)]
+    Signature(#[from] signature::ConfigError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -71,6 +76,17 @@ const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Nothing is logged before the store is open, so a start-up failure is
 /// the only line on stderr.
 pub fn run(config: &Config) -> Result<(), Error> {
+    // Checked before the store is touched: a bad secrets file changes nothing.
+    let verifier = config
+        .signature_scheme
+        .map(|scheme| {
+            signature::Verifier::from_config(
+                scheme,
+                config.signing_secrets_file.as_deref(),
+                config.signature_header.as_deref(),
+            )
+        })
+        .transpose()?;
     let store = Store::open(&config.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -115,7 +131,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         header_read_timeout: config.header_read_timeout,
         body_read_timeout: config.body_read_timeout,
     };
-    let state = Arc::new(http::AppState::new(store, writer, limits));
+    let state = Arc::new(http::AppState::new(store, writer, limits, verifier));
     runtime.block_on(http::serve(
         listener,
         state,
