@@ -24,9 +24,15 @@ pub struct Config {
         long,
         env = "WEBHOOKD_DATA_DIR",
         default_value = "./webhookd-data",
-        value_name = "DIR"
+        value_name = "DIR",
+        global = true
     )]
     pub data_dir: PathBuf,
+
+    /// Without a command, run the daemon. The commands work on the data dir
+    /// of a stopped daemon.
+    #[command(subcommand)]
+    pub command: Option<AdminCommand>,
 
     /// Socket address to listen on; port 0 picks a free port.
     #[arg(
@@ -136,6 +142,51 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..=MAX_QUEUE_DEPTH)
     )]
     pub queue_depth: u64,
+}
+
+/// Admin commands, for the data dir of a stopped daemon.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Print one stored transaction as JSON, as `GET /v1/transactions/{id}` shows it.
+    Inspect {
+        /// The transaction id.
+        transaction_id: String,
+    },
+    /// Write every stored transaction to stdout, one JSON object per line, in id order.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+    },
+    /// Verify that every record decodes and every pending job matches a
+    /// PROCESSING transaction (and the reverse); exit 1 on damage.
+    Check,
+    /// Write a consistent, fsync'd copy of the database file to DEST (not
+    /// while the daemon runs: redb locks the file).
+    Backup {
+        /// Where to write the copy; must not exist yet.
+        dest: PathBuf,
+    },
+}
+
+impl AdminCommand {
+    /// The command's name, for messages.
+    #[must_use]
+    pub fn verb(&self) -> &'static str {
+        match self {
+            AdminCommand::Inspect { .. } => "inspect",
+            AdminCommand::Export { .. } => "export",
+            AdminCommand::Check => "check",
+            AdminCommand::Backup { .. } => "back up",
+        }
+    }
+}
+
+/// Output format of `export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// JSON lines.
+    Jsonl,
 }
 
 /// Log line format.

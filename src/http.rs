@@ -396,24 +396,29 @@ async fn status(state: &AppState, raw_id: &str) -> Response<Full<Bytes>> {
 }
 
 fn transaction_response(record: &Record) -> Response<Full<Bytes>> {
+    json_bytes(StatusCode::OK, transaction_json(record))
+}
+
+/// A stored transaction as `GET /v1/transactions/{id}` shows it (also used
+/// by `webhookd inspect` and `webhookd export`).
+#[must_use]
+pub fn transaction_json(record: &Record) -> Vec<u8> {
     let tx = &record.transaction;
     // Invariant: a formatted Decimal is a valid JSON number (digits, at most
     // one '.', no exponent, positive).
     let amount = RawValue::from_string(model::format_amount(tx.amount))
         .expect("a formatted decimal is a JSON number");
-    json(
-        StatusCode::OK,
-        &TransactionView {
-            transaction_id: &tx.transaction_id,
-            source_account: &tx.source_account,
-            destination_account: &tx.destination_account,
-            amount: &amount,
-            currency: tx.currency.as_str(),
-            status: record.status.as_str(),
-            created_at: format_time(record.created_at_ms),
-            processed_at: record.processed_at_ms.map(format_time),
-        },
-    )
+    serde_json::to_vec(&TransactionView {
+        transaction_id: &tx.transaction_id,
+        source_account: &tx.source_account,
+        destination_account: &tx.destination_account,
+        amount: &amount,
+        currency: tx.currency.as_str(),
+        status: record.status.as_str(),
+        created_at: format_time(record.created_at_ms),
+        processed_at: record.processed_at_ms.map(format_time),
+    })
+    .expect("a transaction view always serialises")
 }
 
 // --- errors and responses ------------------------------------------------
@@ -546,7 +551,13 @@ impl ApiError {
 fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     // Invariant: these bodies are plain structs of strings, numbers and
     // raw JSON numbers; serialising them cannot fail.
-    let bytes = serde_json::to_vec(body).expect("response bodies always serialise");
+    json_bytes(
+        status,
+        serde_json::to_vec(body).expect("response bodies always serialise"),
+    )
+}
+
+fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -1,6 +1,7 @@
 //! webhookd: a durable payment-webhook receiver on one embedded redb file.
 //!
 //! - [`cli`]: command line, environment variables, logging set-up;
+//! - [`admin`]: `inspect`, `export`, `check`, `backup` on a stopped daemon's data dir;
 //! - [`http`]: the hyper server, routing, body limits, the JSON API and its errors;
 //! - [`model`]: the transaction record, payload parsing and validation, exact amounts;
 //! - [`store`]: redb tables, record encoding, schema version, and the single
@@ -14,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod http;
 pub mod model;

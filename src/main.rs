@@ -16,6 +16,15 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE_EXIT_CODE);
         }
     };
+    if let Some(command) = &config.command {
+        return match webhookd::admin::run(command, &config.data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("webhookd: error: {e}");
+                ExitCode::from(FAILURE_EXIT_CODE)
+            }
+        };
+    }
     cli::init_logging(config.log_format);
     match webhookd::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -308,6 +308,30 @@ impl Store {
         table.len().map_err(StoreError::storage)
     }
 
+    /// Visits every stored transaction in id order, inside one read
+    /// transaction (a consistent snapshot); stops when `visit` returns false.
+    pub fn for_each_transaction(
+        &self,
+        mut visit: impl FnMut(&str, Result<Record, encoding::DecodeError>) -> bool,
+    ) -> Result<(), StoreError> {
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
+        let table = txn.open_table(TRANSACTIONS).map_err(StoreError::storage)?;
+        for row in table.iter().map_err(StoreError::storage)? {
+            let (key, value) = row.map_err(StoreError::storage)?;
+            let id = key.value();
+            if !visit(id, encoding::decode(id, value.value())) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pending job, earliest first.
+    pub fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.due_jobs(u64::MAX, usize::MAX)
+    }
+
     /// Counts of pending jobs, for monitoring: all of them, those already
     /// due at `now_ms` (the backlog), and the due time of the earliest.
     /// Counting the backlog walks it, so it stops at [`BACKLOG_COUNT_CAP`].
