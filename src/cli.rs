@@ -123,6 +123,11 @@ pub struct Config {
     #[arg(long, env = "WEBHOOKD_SIGNATURE_HEADER", value_name = "NAME")]
     pub signature_header: Option<String>,
 
+    /// Log one line per request (method, path, status, latency,
+    /// transaction id; never payloads or signatures).
+    #[arg(long, env = "WEBHOOKD_ACCESS_LOG")]
+    pub access_log: bool,
+
     /// Log line format; the level comes from `RUST_LOG` (default info).
     #[arg(
         long,

@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -66,6 +66,7 @@ pub struct AppState {
     writer: WriterHandle,
     limits: Limits,
     verifier: Option<Verifier>,
+    access_log: bool,
 }
 
 impl AppState {
@@ -77,12 +78,14 @@ impl AppState {
         writer: WriterHandle,
         limits: Limits,
         verifier: Option<Verifier>,
+        access_log: bool,
     ) -> Self {
         AppState {
             store,
             writer,
             limits,
             verifier,
+            access_log,
         }
     }
 }
@@ -162,7 +165,59 @@ pub async fn serve(
     connections.shutdown().await;
 }
 
+/// What an error response was about, for the warn log (never a payload).
+#[derive(Clone)]
+struct Rejection {
+    code: &'static str,
+    message: String,
+}
+
+/// The transaction a response is about, for the logs.
+#[derive(Clone)]
+struct AboutTransaction(String);
+
+/// Routes the request, then logs: rejected requests (4xx except 404, all
+/// 5xx) at warn with their reason, and with `--access-log` one line per
+/// request. Payloads, secrets and signatures are never logged.
 async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let access = state.access_log.then(|| {
+        (
+            Instant::now(),
+            request.method().clone(),
+            request.uri().path().to_owned(),
+        )
+    });
+    let response = route(state, request).await;
+    let status = response.status();
+    let transaction_id = response
+        .extensions()
+        .get::<AboutTransaction>()
+        .map(|t| t.0.as_str());
+    let rejected =
+        (status.is_client_error() && status != StatusCode::NOT_FOUND) || status.is_server_error();
+    if rejected && let Some(rejection) = response.extensions().get::<Rejection>() {
+        tracing::warn!(
+            status = status.as_u16(),
+            code = rejection.code,
+            transaction_id,
+            "request rejected: {}",
+            rejection.message
+        );
+    }
+    if let Some((started, method, path)) = access {
+        tracing::info!(
+            target: "webhookd::access",
+            %method,
+            path,
+            status = status.as_u16(),
+            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            transaction_id,
+        );
+    }
+    response
+}
+
+async fn route(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let method = request.method();
     if path == "/" {
@@ -327,23 +382,30 @@ async fn receive(
     }
     let transaction = model::parse_payload(&body).map_err(|e| ApiError::from(e).response())?;
     let id = transaction.transaction_id.clone();
-    let outcome = state.writer.accept(transaction).await.map_err(|e| {
-        tracing::debug!(error = %e, "webhook not stored");
-        ApiError::Unavailable(e.to_string()).response()
-    })?;
+    let about = |mut response: Response<Full<Bytes>>| {
+        response
+            .extensions_mut()
+            .insert(AboutTransaction(id.clone()));
+        response
+    };
+    let outcome = state
+        .writer
+        .accept(transaction)
+        .await
+        .map_err(|e| about(ApiError::Unavailable(e.to_string()).response()))?;
     let (status, duplicate) = match outcome {
         AcceptOutcome::Created => (model::Status::Processing, false),
         AcceptOutcome::Duplicate(status) => (status, true),
-        AcceptOutcome::Conflict => return Err(ApiError::Conflict.response()),
+        AcceptOutcome::Conflict => return Err(about(ApiError::Conflict.response())),
     };
-    Ok(json(
+    Ok(about(json(
         StatusCode::ACCEPTED,
         &Accepted {
             transaction_id: &id,
             status: status.as_str(),
             duplicate,
         },
-    ))
+    )))
 }
 
 /// `application/json`, any case, parameters (`; charset=utf-8`) allowed.
@@ -535,6 +597,9 @@ impl ApiError {
                 },
             },
         );
+        response
+            .extensions_mut()
+            .insert(Rejection { code, message });
         match self {
             ApiError::MethodNotAllowed(allow) => {
                 response

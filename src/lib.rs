@@ -121,9 +121,17 @@ pub fn run(config: &Config) -> Result<(), Error> {
         .map_err(start_error("scheduler"))?;
     let signals = ShutdownSignals::install().map_err(start_error("signal handlers"))?;
 
+    let pending_jobs = store.pending_jobs().unwrap_or_default();
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         data_dir = %config.data_dir.display(),
         process_delay = %humantime::format_duration(config.process_delay),
+        max_body_bytes = config.max_body_bytes,
+        queue_depth = config.queue_depth,
+        max_connections = config.max_connections,
+        signatures = config.signature_scheme.map_or("off", signature::Scheme::name),
+        access_log = config.access_log,
+        pending_jobs,
         "{}",
         http::ready_line(addr)
     );
@@ -133,7 +141,13 @@ pub fn run(config: &Config) -> Result<(), Error> {
         header_read_timeout: config.header_read_timeout,
         body_read_timeout: config.body_read_timeout,
     };
-    let state = Arc::new(http::AppState::new(store, writer, limits, verifier));
+    let state = Arc::new(http::AppState::new(
+        store,
+        writer,
+        limits,
+        verifier,
+        config.access_log,
+    ));
     runtime.block_on(http::serve(
         listener,
         state,

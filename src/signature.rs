@@ -32,6 +32,18 @@ pub enum Scheme {
     HmacSha256,
 }
 
+impl Scheme {
+    /// The scheme's command-line spelling.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::StandardWebhooks => "standard-webhooks",
+            Scheme::Stripe => "stripe",
+            Scheme::HmacSha256 => "hmac-sha256",
+        }
+    }
+}
+
 /// A configured verifier: the scheme and its decoded secrets.
 #[derive(Clone)]
 pub struct Verifier {
