@@ -55,6 +55,7 @@ fn a_new_transaction_is_accepted_and_reads_back_with_every_field() {
     assert_eq!(body["currency"], "INR", "currency is stored upper-case");
     assert_eq!(body["status"], "PROCESSING");
     assert!(body["processed_at"].is_null());
+    common::assert_millis_timestamp(&body["created_at"]);
     let created = millis(&body["created_at"]);
     assert!(created + 1000 >= before && created <= now_millis() + 1000);
     assert_eq!(body.as_object().unwrap().len(), 8, "{body}");
@@ -78,15 +79,23 @@ fn a_redelivery_is_a_duplicate_and_stores_nothing_new() {
     );
     let first = get_transaction(daemon.addr, "txn_redeliver").json();
     // Same value, different spelling of amount and currency case: the same transaction.
-    let again = post(
-        daemon.addr,
-        &payload("txn_redeliver", "1500.5").replace("INR", "inr"),
-    );
-    assert_eq!(again.status, 202, "{}", again.body);
-    assert_eq!(
-        again.json(),
-        serde_json::json!({"transaction_id": "txn_redeliver", "status": "PROCESSING", "duplicate": true})
-    );
+    for (amount, currency) in [
+        ("1500.50", "INR"),
+        ("1500.5", "inr"),
+        ("1500.500", "Inr"),
+        ("1.5005e3", "INR"),
+    ] {
+        let again = post(
+            daemon.addr,
+            &payload("txn_redeliver", amount).replace("INR", currency),
+        );
+        assert_eq!(again.status, 202, "{amount} {currency}: {}", again.body);
+        assert_eq!(
+            again.json(),
+            serde_json::json!({"transaction_id": "txn_redeliver", "status": "PROCESSING", "duplicate": true}),
+            "{amount} {currency}"
+        );
+    }
     assert_eq!(get_transaction(daemon.addr, "txn_redeliver").json(), first);
 }
 

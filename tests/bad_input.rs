@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     Daemon, connect, get, get_transaction, payload, poll_until, post, post_with_type,
@@ -63,9 +63,21 @@ fn an_oversized_content_length_is_refused_without_reading_the_body() {
     let mut stream = connect(daemon.addr);
     // Announce 10 MB, send a few bytes, never the rest: the answer must come anyway.
     stream
-        .write_all(b"POST /v1/webhooks/transactions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{\"transaction_id\":")
+        .write_all(b"POST /v1/webhooks/transactions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{\"transaction_id\":\"txn_413\"")
+        .unwrap();
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     read_response(&mut stream).assert_error(413, "payload_too_large");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "413 took {:?}",
+        started.elapsed()
+    );
+    drop(stream);
+    get_transaction(daemon.addr, "txn_413").assert_error(404, "not_found");
+    assert_eq!(get(daemon.addr, "/").status, 200);
 }
 
 #[test]
@@ -180,10 +192,41 @@ fn each_invalid_field_is_422_naming_the_field_and_stores_nothing() {
 fn checks_run_in_the_contract_order() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &["--max-body-bytes", "100"]);
+    // The route first: a wrong path or method wins over the content type,
+    // the size and the JSON.
+    let oversized_text = "x".repeat(500);
+    for (method, path, content_type, status, code) in [
+        ("POST", "/nope", None, 404, "not_found"),
+        ("POST", "/nope", Some("text/plain"), 404, "not_found"),
+        ("POST", "/", Some("text/plain"), 405, "method_not_allowed"),
+        (
+            "PUT",
+            "/v1/webhooks/transactions",
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/v1/transactions/x",
+            Some("text/plain"),
+            405,
+            "method_not_allowed",
+        ),
+    ] {
+        let content_type = content_type
+            .map(|t| format!("Content-Type: {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{oversized_text}",
+            oversized_text.len()
+        );
+        send_raw(daemon.addr, request.as_bytes()).assert_error(status, code);
+    }
     // 415 before 413 before 400.
-    post_with_type(daemon.addr, Some("text/plain"), &"x".repeat(500))
+    post_with_type(daemon.addr, Some("text/plain"), &oversized_text)
         .assert_error(415, "unsupported_media_type");
-    post(daemon.addr, &"x".repeat(500)).assert_error(413, "payload_too_large");
+    post(daemon.addr, &oversized_text).assert_error(413, "payload_too_large");
     // 400 before 422: a duplicate key in an otherwise broken body.
     post(daemon.addr, r#"{"amount":1,"amount":2"#).assert_error(400, "invalid_json");
 }
@@ -249,13 +292,19 @@ fn a_full_disk_answers_503_says_unhealthy_and_recovers_without_a_restart() {
     }
     let _unmount = Unmount(mount.path());
     let daemon = Daemon::start(mount.path(), &[]);
+    // Big (but valid) fields fill the 1 MiB quickly: ~750 bytes a record.
     let pad = "p".repeat(240);
+    let big = |id: &str| {
+        payload(id, "1")
+            .replace("acc_user_789", &"s".repeat(250))
+            .replace("acc_merchant_456", &"d".repeat(250))
+    };
     let mut accepted = Vec::new();
     let mut n = 0;
     let refused = poll_until(Duration::from_secs(120), "a 503 on a full disk", || {
         n += 1;
         let id = format!("{pad}_{n}");
-        let response = post(daemon.addr, &payload(&id, "1"));
+        let response = post(daemon.addr, &big(&id));
         if response.status == 202 {
             accepted.push(id);
             None

@@ -96,6 +96,16 @@ fn environment_variables_configure_the_daemon() {
     assert_eq!(post(daemon.addr, &payload("txn_env", "1")).status, 202);
     wait_processed(daemon.addr, "txn_env", Duration::from_secs(20));
     assert!(dir.path().join("webhookd.redb").exists());
+
+    // Every line, also the shutdown ones, is one JSON object.
+    daemon.terminate();
+    let (status, stderr) = daemon.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(event.is_object(), "{line}");
+    }
 }
 
 #[test]
@@ -107,6 +117,7 @@ fn a_data_dir_that_cannot_be_created_is_one_line_naming_it() {
     for path in [
         &under_file,
         &file,
+        &std::path::PathBuf::from("/proc/webhookd-test-x"),
         &std::path::PathBuf::from("/proc/webhookd-test/data"),
     ] {
         let (code, stderr) = run_to_exit(
@@ -155,7 +166,7 @@ fn a_database_with_a_newer_schema_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &[]);
     assert_eq!(post(daemon.addr, &payload("txn_old", "1")).status, 202);
-    daemon.signal("TERM");
+    daemon.terminate();
     let (status, _) = daemon.wait_exit(Duration::from_secs(20));
     assert!(status.success());
 
@@ -182,6 +193,7 @@ fn a_database_with_a_newer_schema_is_refused_and_left_untouched() {
     let line = assert_one_line_failure(code, &stderr, 1);
     assert!(line.contains("newer"), "{line}");
     assert!(line.contains("999"), "{line}");
+    assert!(line.contains(dir.path().to_str().unwrap()), "{line}");
     assert_eq!(
         std::fs::read(&file).unwrap(),
         before,
@@ -240,7 +252,7 @@ fn a_garbage_or_truncated_database_is_refused_and_left_untouched() {
             202
         );
     }
-    daemon.signal("TERM");
+    daemon.terminate();
     assert!(daemon.wait_exit(Duration::from_secs(20)).0.success());
     let file = dir.path().join("webhookd.redb");
     let whole = std::fs::read(&file).unwrap();

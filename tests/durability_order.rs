@@ -16,6 +16,18 @@ use common::{Daemon, payload, poll_until, post};
 
 const REQUESTS: usize = 30;
 
+/// SIGKILLs a process by pid when dropped (a no-op once it has exited).
+struct KillOnDrop(String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 #[test]
 fn every_202_is_preceded_by_its_own_completed_fsync() {
     if Command::new("strace").arg("-V").output().is_err() {
@@ -42,6 +54,19 @@ fn every_202_is_preceded_by_its_own_completed_fsync() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let daemon = Daemon::spawn(command);
+    // webhookd is strace's child. Killing strace (as dropping `daemon` does)
+    // would leave webhookd running, so it gets a guard of its own.
+    let children = Command::new("pgrep")
+        .args(["-P", &daemon.pid().to_string()])
+        .output()
+        .unwrap();
+    let webhookd = KillOnDrop(
+        String::from_utf8(children.stdout)
+            .unwrap()
+            .trim()
+            .to_owned(),
+    );
+    assert!(!webhookd.0.is_empty(), "webhookd under strace not found");
 
     // One at a time, so each acknowledgement needs a commit of its own.
     for i in 0..REQUESTS {
@@ -50,14 +75,9 @@ fn every_202_is_preceded_by_its_own_completed_fsync() {
             202
         );
     }
-    // Stop webhookd itself (strace's child); strace then exits and flushes.
-    let children = Command::new("pgrep")
-        .args(["-P", &daemon.pid().to_string()])
-        .output()
-        .unwrap();
-    let webhookd_pid = String::from_utf8(children.stdout).unwrap();
+    // Stop webhookd itself; strace then exits and flushes its output.
     let status = Command::new("kill")
-        .args(["-TERM", webhookd_pid.trim()])
+        .args(["-TERM", &webhookd.0])
         .status()
         .unwrap();
     assert!(status.success(), "could not signal webhookd under strace");

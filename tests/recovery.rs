@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, get_transaction, millis, now_millis, payload, poll_until, post, wait_processed,
+    Daemon, get_transaction, millis, now_millis, payload, poll_until, post, try_post,
+    wait_processed,
 };
 
 #[test]
@@ -28,9 +29,7 @@ fn sigkill_during_concurrent_posts_loses_no_acknowledged_transaction() {
                     n += 1;
                     let id = format!("txn_kill_{worker}_{n}");
                     // Connection errors are expected once the daemon is killed.
-                    let Ok(response) =
-                        std::panic::catch_unwind(|| post(addr, &payload(&id, "7.5")))
-                    else {
+                    let Ok(response) = try_post(addr, &payload(&id, "7.5")) else {
                         break;
                     };
                     if response.status == 202 {
@@ -106,7 +105,7 @@ fn processed_at_never_changes_across_restarts() {
         post(daemon.addr, &payload("txn_stable", "3")).json()["duplicate"],
         true
     );
-    daemon.signal("TERM");
+    daemon.terminate();
     let (status, _) = daemon.wait_exit(Duration::from_secs(20));
     assert!(status.success());
 
@@ -119,7 +118,7 @@ fn jobs_not_yet_due_at_shutdown_run_after_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &["--process-delay", "3s"]);
     assert_eq!(post(daemon.addr, &payload("txn_later", "3")).status, 202);
-    daemon.signal("TERM");
+    daemon.terminate();
     let (status, _) = daemon.wait_exit(Duration::from_secs(20));
     assert!(status.success());
 
@@ -155,9 +154,7 @@ fn twenty_kill_and_restart_cycles_lose_nothing_and_process_everything_once() {
                         n += 1;
                         let id = format!("txn_loop_{cycle}_{worker}_{n}");
                         let amount = format!("{n}.{cycle:02}");
-                        let Ok(response) =
-                            std::panic::catch_unwind(|| post(addr, &payload(&id, &amount)))
-                        else {
+                        let Ok(response) = try_post(addr, &payload(&id, &amount)) else {
                             break;
                         };
                         if response.status == 202 {
@@ -197,7 +194,7 @@ fn twenty_kill_and_restart_cycles_lose_nothing_and_process_everything_once() {
             "{id}"
         );
     }
-    daemon.signal("TERM");
+    daemon.terminate();
     assert!(daemon.wait_exit(Duration::from_secs(20)).0.success());
     // The database opens cleanly and holds exactly one record per id.
     let store = webhookd::store::Store::open(dir.path()).expect("database opens cleanly");

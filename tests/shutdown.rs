@@ -3,12 +3,9 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 
 use common::{Daemon, connect, get_transaction, payload, poll_until, post, read_response};
 
@@ -45,7 +42,7 @@ fn sigterm_exits_zero_and_keeps_every_acknowledged_transaction() {
             202
         );
     }
-    daemon.signal("TERM");
+    daemon.terminate();
     let (status, stderr) = daemon.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{stderr}");
 
@@ -62,7 +59,7 @@ fn sigterm_exits_zero_and_keeps_every_acknowledged_transaction() {
 fn sigint_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &[]);
-    daemon.signal("INT");
+    daemon.interrupt();
     let (status, stderr) = daemon.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
@@ -76,7 +73,7 @@ fn an_in_flight_request_finishes_after_sigterm_and_new_connections_are_refused()
     let (first, rest) = body.split_at(body.len() / 2);
     let mut stream = in_flight_request(addr, body.len());
     stream.write_all(first.as_bytes()).unwrap();
-    daemon.signal("TERM");
+    daemon.terminate();
     poll_until(Duration::from_secs(10), "the listener to close", || {
         TcpStream::connect(addr).is_err().then_some(())
     });
@@ -96,8 +93,8 @@ fn a_request_that_never_finishes_does_not_hold_shutdown_past_the_grace_period() 
     let daemon = Daemon::start(dir.path(), &["--shutdown-grace", "1s"]);
     let mut stream = in_flight_request(daemon.addr, 100);
     stream.write_all(b"{\"transaction_id\":").unwrap();
-    daemon.signal("TERM");
-    let (status, stderr) = daemon.wait_exit(Duration::from_secs(15));
+    daemon.terminate();
+    let (status, stderr) = daemon.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{stderr}");
     drop(stream);
 }

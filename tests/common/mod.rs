@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
@@ -20,11 +21,14 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_webhookd");
 
-/// A running webhookd.
+/// A running webhookd. Dropping it SIGKILLs the process.
 pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
+    /// Everything the daemon wrote to stderr so far, one line per line.
     stderr: Arc<Mutex<String>>,
+    /// Drains the stderr pipe (so it never fills); ends at EOF.
+    reader: Option<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -54,7 +58,7 @@ impl Daemon {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let pipe = child.stderr.take().expect("stderr is piped");
         let log = Arc::clone(&stderr);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut ready = Some(ready_tx);
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
@@ -71,11 +75,13 @@ impl Daemon {
                 }
             }
         });
+        // Disconnected (the process exited and closed stderr) fails at once.
         if let Ok(addr) = ready_rx.recv_timeout(READY_DEADLINE) {
             Daemon {
                 child,
                 addr,
                 stderr,
+                reader: Some(reader),
             }
         } else {
             let _ = child.kill();
@@ -97,6 +103,17 @@ impl Daemon {
         self.child.wait().expect("reap");
     }
 
+    /// SIGTERM: graceful shutdown.
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// SIGINT: graceful shutdown, as from Ctrl-C.
+    pub fn interrupt(&self) {
+        self.signal("INT");
+    }
+
+    /// Sends signal `name` (e.g. `TERM`) with kill(1): the tests have no libc.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
@@ -105,20 +122,13 @@ impl Daemon {
         assert!(status.success(), "kill -{name} failed");
     }
 
-    /// Waits for the process to exit, failing the test after `deadline`.
+    /// Waits for the process to exit, failing the test after `deadline`;
+    /// returns its status and everything it wrote to stderr.
     pub fn wait_exit(mut self, deadline: Duration) -> (ExitStatus, String) {
         let started = Instant::now();
-        loop {
+        let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the reader thread take the last lines.
-                let until = Instant::now() + Duration::from_secs(2);
-                while Instant::now() < until
-                    && !self.stderr.lock().unwrap().contains("stopped")
-                    && !status.success()
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                return (status, self.stderr_text());
+                break status;
             }
             assert!(
                 started.elapsed() < deadline,
@@ -126,7 +136,18 @@ impl Daemon {
                 self.stderr_text()
             );
             std::thread::sleep(Duration::from_millis(20));
+        };
+        // The pipe reaches EOF once the process is gone: take the last lines.
+        if let Some(reader) = self.reader.take() {
+            let until = Instant::now() + Duration::from_secs(5);
+            while !reader.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                reader.join().expect("stderr reader");
+            }
         }
+        (status, self.stderr_text())
     }
 
     pub fn stderr_text(&self) -> String {
@@ -177,6 +198,8 @@ impl Response {
     pub fn assert_error(&self, status: u16, code: &str) -> Value {
         assert_eq!(self.status, status, "unexpected status; body {}", self.body);
         let body = self.json();
+        let top: Vec<&String> = body.as_object().expect("a JSON object").keys().collect();
+        assert_eq!(top, ["error"], "error body has only `error`: {}", self.body);
         assert_eq!(body["error"]["code"], code, "body {}", self.body);
         assert!(
             body["error"]["message"]
@@ -186,6 +209,12 @@ impl Response {
             self.body
         );
         let keys: Vec<&String> = body["error"].as_object().unwrap().keys().collect();
+        assert!(
+            keys.iter()
+                .all(|k| ["code", "message", "field"].contains(&k.as_str())),
+            "unexpected key in {}",
+            self.body
+        );
         if code == "invalid_field" {
             assert!(body["error"]["field"].is_string(), "{}", self.body);
         } else {
@@ -198,41 +227,63 @@ impl Response {
 /// Sends raw bytes and reads the whole response (the request should carry
 /// `Connection: close`).
 pub fn send_raw(addr: SocketAddr, request: &[u8]) -> Response {
-    let mut stream = connect(addr);
-    stream.write_all(request).expect("send request");
-    read_response(&mut stream)
+    try_send_raw(addr, request).unwrap_or_else(|e| panic!("HTTP exchange with {addr}: {e}"))
 }
 
+/// Like [`send_raw`], but a connection or I/O failure is an `Err` (for
+/// load that runs into a deliberate SIGKILL).
+pub fn try_send_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
+    let mut stream = try_connect(addr)?;
+    stream.write_all(request)?;
+    try_read_response(&mut stream)
+}
+
+/// Connects with read and write timeouts, so a hung server fails the test.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("read timeout");
-    stream
-        .set_write_timeout(Some(Duration::from_secs(30)))
-        .expect("write timeout");
-    stream
+    try_connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+fn try_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    Ok(stream)
 }
 
 /// Reads one response: head, then the body by Content-Length, chunked, or to EOF.
 pub fn read_response(stream: &mut TcpStream) -> Response {
+    try_read_response(stream).unwrap_or_else(|e| panic!("reading the response: {e}"))
+}
+
+fn bad_response(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// [`read_response`] with failures as `Err`.
+pub fn try_read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
     let mut reader = BufReader::new(stream);
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).expect("status line");
+    if reader.read_line(&mut status_line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        .ok_or_else(|| bad_response(format!("bad status line {status_line:?}")))?;
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
-        reader.read_line(&mut line).expect("header line");
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         let line = line.trim_end();
         if line.is_empty() {
             break;
         }
-        let (name, value) = line.split_once(':').expect("header has a colon");
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| bad_response(format!("header without a colon: {line:?}")))?;
         headers.push((name.trim().to_owned(), value.trim().to_owned()));
     }
     let find = |name: &str| {
@@ -243,28 +294,32 @@ pub fn read_response(stream: &mut TcpStream) -> Response {
     };
     let mut body = Vec::new();
     if let Some(length) = find("content-length") {
-        body.resize(length.parse().expect("content-length"), 0);
-        reader.read_exact(&mut body).expect("body");
+        let length = length
+            .parse()
+            .map_err(|_| bad_response(format!("bad Content-Length {length:?}")))?;
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
     } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut size = String::new();
-            reader.read_line(&mut size).expect("chunk size");
-            let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+            reader.read_line(&mut size)?;
+            let size = usize::from_str_radix(size.trim(), 16)
+                .map_err(|_| bad_response(format!("bad chunk size {size:?}")))?;
             let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).expect("chunk");
+            reader.read_exact(&mut chunk)?;
             if size == 0 {
                 break;
             }
             body.extend_from_slice(&chunk[..size]);
         }
     } else {
-        reader.read_to_end(&mut body).expect("body to EOF");
+        reader.read_to_end(&mut body)?;
     }
-    Response {
+    Ok(Response {
         status,
         headers,
-        body: String::from_utf8(body).expect("UTF-8 body"),
-    }
+        body: String::from_utf8(body).map_err(|e| bad_response(format!("body: {e}")))?,
+    })
 }
 
 pub fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
@@ -284,16 +339,24 @@ pub fn post(addr: SocketAddr, body: &str) -> Response {
 }
 
 pub fn post_with_type(addr: SocketAddr, content_type: Option<&str>, body: &str) -> Response {
+    send_raw(addr, post_request(content_type, body).as_bytes())
+}
+
+/// [`post`] with connection and I/O failures as `Err`.
+pub fn try_post(addr: SocketAddr, body: &str) -> std::io::Result<Response> {
+    try_send_raw(
+        addr,
+        post_request(Some("application/json"), body).as_bytes(),
+    )
+}
+
+fn post_request(content_type: Option<&str>, body: &str) -> String {
     let content_type = content_type
         .map(|t| format!("Content-Type: {t}\r\n"))
         .unwrap_or_default();
-    send_raw(
-        addr,
-        format!(
-            "POST /v1/webhooks/transactions HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
+    format!(
+        "POST /v1/webhooks/transactions HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
 }
 
@@ -380,6 +443,13 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String)
         .stderr(Stdio::piped())
         .spawn()
         .expect("start webhookd");
+    // Read stderr while it runs, so a chatty process cannot block on the pipe.
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut stderr = Vec::new();
+        let _ = pipe.read_to_end(&mut stderr);
+        String::from_utf8_lossy(&stderr).into_owned()
+    });
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -387,18 +457,15 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String)
         }
         if started.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
-            panic!("webhookd {args:?} did not exit");
+            let _ = child.wait();
+            panic!(
+                "webhookd {args:?} did not exit within 30 s; stderr:\n{}",
+                reader.join().unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    (status.code(), stderr)
+    (status.code(), reader.join().expect("stderr reader"))
 }
 
 /// Asserts a start-up failure: exit 1, one non-empty line, no panic.
@@ -412,4 +479,24 @@ pub fn assert_one_line_failure(code: Option<i32>, stderr: &str, expected_code: i
         "{stderr}"
     );
     lines[0].to_owned()
+}
+
+/// Asserts `value` is a timestamp like `2026-11-22T10:30:00.123Z`: RFC 3339
+/// in UTC with exactly three fractional digits.
+#[track_caller]
+pub fn assert_millis_timestamp(value: &Value) {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("{value} is not a string"));
+    let shape_ok = text.len() == 24
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'.',
+            23 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        });
+    assert!(shape_ok, "{text} is not YYYY-MM-DDTHH:MM:SS.mmmZ");
+    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{text}: {e}"));
 }
