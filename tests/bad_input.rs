@@ -268,29 +268,13 @@ fn a_full_writer_queue_answers_503_with_retry_after_and_stores_nothing() {
     }
 }
 
-/// Unmounts the test's tmpfs when dropped, also when the test fails.
-struct Unmount<'a>(&'a std::path::Path);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.0).status();
-    }
-}
-
 /// Mounts a tiny tmpfs (root only) and fills it through the API.
 #[test]
 fn a_full_disk_answers_503_says_unhealthy_and_recovers_without_a_restart() {
-    let mount = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(mount) = common::Tmpfs::mount("size=1m") else {
         eprintln!("skipping: cannot mount a tmpfs here (needs root)");
         return;
-    }
-    let _unmount = Unmount(mount.path());
+    };
     let daemon = Daemon::start(mount.path(), &[]);
     // Big (but valid) fields fill the 1 MiB quickly: ~750 bytes a record.
     let pad = "p".repeat(240);
@@ -329,12 +313,7 @@ fn a_full_disk_answers_503_says_unhealthy_and_recovers_without_a_restart() {
     get_transaction(daemon.addr, &refused.0).assert_error(404, "not_found");
 
     // The fault clears (the filesystem grows): the daemon recovers by itself.
-    let grown = std::process::Command::new("mount")
-        .args(["-o", "remount,size=16m"])
-        .arg(mount.path())
-        .status()
-        .unwrap();
-    assert!(grown.success(), "remount failed");
+    mount.remount("remount,size=16m");
     poll_until(
         Duration::from_secs(30),
         "a 202 after the disk has room",

@@ -282,20 +282,9 @@ fn an_empty_database_file_left_by_a_crash_at_first_start_becomes_a_new_database(
 /// A data dir on a read-only filesystem (root only: it mounts one).
 #[test]
 fn a_data_dir_that_cannot_be_written_is_one_line_naming_it() {
-    let mount = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(mount) = common::Tmpfs::mount("ro,size=1m") else {
         eprintln!("skipping: cannot mount a read-only tmpfs here (needs root)");
         return;
-    }
-    let unmount = || {
-        let _ = std::process::Command::new("umount")
-            .arg(mount.path())
-            .status();
     };
     let sub = mount.path().join("sub");
     let results: Vec<_> = [mount.path(), sub.as_path()]
@@ -306,7 +295,6 @@ fn a_data_dir_that_cannot_be_written_is_one_line_naming_it() {
             (dir, code, stderr)
         })
         .collect();
-    unmount();
     for (dir, code, stderr) in results {
         let line = assert_one_line_failure(code, &stderr, 1);
         assert!(line.contains(&dir), "{line}");

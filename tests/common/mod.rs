@@ -500,3 +500,43 @@ pub fn assert_millis_timestamp(value: &Value) {
     assert!(shape_ok, "{text} is not YYYY-MM-DDTHH:MM:SS.mmmZ");
     humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{text}: {e}"));
 }
+
+/// A tmpfs mounted on a fresh temporary directory for one test, unmounted
+/// when dropped (also when the test fails).
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs with `options` (e.g. `size=1m`, `ro,size=1m`); `None`
+    /// where this machine does not allow it (mounting needs root).
+    pub fn mount(options: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Tmpfs { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Changes the mount options in place (e.g. `remount,size=16m`).
+    pub fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", options])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -o {options} failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
