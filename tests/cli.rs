@@ -6,7 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, assert_one_line_failure, get, payload, post, run_to_exit, wait_processed};
+use common::{
+    Daemon, assert_one_line_failure, get, payload, post, run_to_exit, start_expecting_exit,
+    wait_processed,
+};
 
 #[test]
 fn version_and_help_exit_zero() {
@@ -120,15 +123,7 @@ fn a_data_dir_that_cannot_be_created_is_one_line_naming_it() {
         &std::path::PathBuf::from("/proc/webhookd-test-x"),
         &std::path::PathBuf::from("/proc/webhookd-test/data"),
     ] {
-        let (code, stderr) = run_to_exit(
-            &[
-                "--data-dir",
-                path.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &[],
-        );
+        let (code, stderr) = start_expecting_exit(path, &[]);
         let line = assert_one_line_failure(code, &stderr, 1);
         assert!(line.contains(path.to_str().unwrap()), "{line}");
     }
@@ -140,15 +135,7 @@ fn a_second_instance_on_the_same_dir_is_refused_while_the_first_keeps_serving() 
     let dir = tempfile::tempdir().unwrap();
     let first = Daemon::start(dir.path(), &[]);
     assert_eq!(post(first.addr, &payload("txn_before", "1")).status, 202);
-    let (code, stderr) = run_to_exit(
-        &[
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let (code, stderr) = start_expecting_exit(dir.path(), &[]);
     let line = assert_one_line_failure(code, &stderr, 1);
     assert!(line.contains("in use"), "{line}");
     assert!(line.contains(dir.path().to_str().unwrap()), "{line}");
@@ -181,15 +168,7 @@ fn a_database_with_a_newer_schema_is_refused_and_left_untouched() {
         txn.commit().unwrap();
     }
     let before = std::fs::read(&file).unwrap();
-    let (code, stderr) = run_to_exit(
-        &[
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let (code, stderr) = start_expecting_exit(dir.path(), &[]);
     let line = assert_one_line_failure(code, &stderr, 1);
     assert!(line.contains("newer"), "{line}");
     assert!(line.contains("999"), "{line}");
@@ -226,15 +205,7 @@ fn a_garbage_or_truncated_database_is_refused_and_left_untouched() {
     let file = dir.path().join("webhookd.redb");
     let garbage: Vec<u8> = (0..100_000_u32).map(|i| (i * 7919 % 251) as u8).collect();
     std::fs::write(&file, &garbage).unwrap();
-    let (code, stderr) = run_to_exit(
-        &[
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let (code, stderr) = start_expecting_exit(dir.path(), &[]);
     let line = assert_one_line_failure(code, &stderr, 1);
     assert!(line.contains(file.to_str().unwrap()), "{line}");
     assert_eq!(
@@ -257,15 +228,7 @@ fn a_garbage_or_truncated_database_is_refused_and_left_untouched() {
     let file = dir.path().join("webhookd.redb");
     let whole = std::fs::read(&file).unwrap();
     std::fs::write(&file, &whole[..whole.len() / 2]).unwrap();
-    let (code, stderr) = run_to_exit(
-        &[
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let (code, stderr) = start_expecting_exit(dir.path(), &[]);
     let line = assert_one_line_failure(code, &stderr, 1);
     assert!(line.contains(file.to_str().unwrap()), "{line}");
     assert_eq!(std::fs::read(&file).unwrap(), &whole[..whole.len() / 2]);
@@ -290,9 +253,8 @@ fn a_data_dir_that_cannot_be_written_is_one_line_naming_it() {
     let results: Vec<_> = [mount.path(), sub.as_path()]
         .iter()
         .map(|dir| {
-            let dir = dir.to_str().unwrap().to_owned();
-            let (code, stderr) = run_to_exit(&["--data-dir", &dir, "--listen", "127.0.0.1:0"], &[]);
-            (dir, code, stderr)
+            let (code, stderr) = start_expecting_exit(dir, &[]);
+            (dir.to_str().unwrap().to_owned(), code, stderr)
         })
         .collect();
     for (dir, code, stderr) in results {

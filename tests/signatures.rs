@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::{
-    Daemon, assert_one_line_failure, get_transaction, payload, post, run_to_exit, send_raw,
+    Daemon, assert_one_line_failure, get_transaction, payload, post, send_raw, start_expecting_exit,
 };
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -200,9 +200,7 @@ fn unusable_signature_settings_are_one_line_and_touch_nothing() {
             "no-such-file",
         ),
     ] {
-        let mut full = vec!["--data-dir", data, "--listen", "127.0.0.1:0"];
-        full.extend(&args);
-        let (code, stderr) = run_to_exit(&full, &[]);
+        let (code, stderr) = start_expecting_exit(std::path::Path::new(data), &args);
         let line = assert_one_line_failure(code, &stderr, 1);
         assert!(line.contains(mentions), "{args:?}: {line}");
         assert!(

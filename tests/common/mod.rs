@@ -468,6 +468,15 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String)
     (status.code(), reader.join().expect("stderr reader"))
 }
 
+/// Starts webhookd on `dir` (port 0) expecting it to exit by itself, as
+/// a refused start-up does; returns the exit code and stderr.
+pub fn start_expecting_exit(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["--data-dir", dir.to_str().expect("UTF-8 path")];
+    args.extend(["--listen", "127.0.0.1:0"]);
+    args.extend(extra);
+    run_to_exit(&args, &[])
+}
+
 /// Asserts a start-up failure: exit 1, one non-empty line, no panic.
 #[track_caller]
 pub fn assert_one_line_failure(code: Option<i32>, stderr: &str, expected_code: i32) -> String {
