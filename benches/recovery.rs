@@ -17,6 +17,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Server, median, metric, payload, runs, transaction_id};
@@ -129,8 +130,14 @@ fn build_crashed(dir: &Path, jobs: u64) {
 /// and waits to be killed.
 fn build_dataset(dir: &Path, jobs: u64) {
     let store = Store::open(dir).expect("open store");
-    let (handle, _thread) =
-        writer::spawn(store, Duration::ZERO, BUILD_CONCURRENCY, |_| {}).expect("writer");
+    let (handle, _thread) = writer::spawn(
+        store,
+        Duration::ZERO,
+        BUILD_CONCURRENCY,
+        Arc::default(),
+        |_| {},
+    )
+    .expect("writer");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");

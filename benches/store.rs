@@ -4,6 +4,7 @@
 //! Run: `cargo bench --bench store`
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -30,7 +31,8 @@ fn commits(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path()).expect("open store");
     let (writer, thread) =
-        writer::spawn(store, Duration::from_secs(30), 4096, |_| {}).expect("writer thread");
+        writer::spawn(store, Duration::from_secs(30), 4096, Arc::default(), |_| {})
+            .expect("writer thread");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
@@ -63,8 +65,14 @@ fn commits(c: &mut Criterion) {
 fn lookups(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path()).expect("open store");
-    let (writer, thread) =
-        writer::spawn(store.clone(), Duration::from_secs(30), 4096, |_| {}).expect("writer");
+    let (writer, thread) = writer::spawn(
+        store.clone(),
+        Duration::from_secs(30),
+        4096,
+        Arc::default(),
+        |_| {},
+    )
+    .expect("writer");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::metrics::{Metrics, Route, WebhookOutcome};
 use crate::model::{self, PayloadError, Record};
 use crate::signature::Verifier;
 use crate::store::Store;
@@ -57,6 +58,7 @@ pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_AFTER_SECONDS: &str = "1";
 
 const WEBHOOKS_PATH: &str = "/v1/webhooks/transactions";
+const TRANSACTIONS_PATH: &str = "/v1/transactions";
 const TRANSACTIONS_PREFIX: &str = "/v1/transactions/";
 const METRICS_PATH: &str = "/metrics";
 
@@ -67,11 +69,12 @@ pub struct AppState {
     limits: Limits,
     verifier: Option<Verifier>,
     access_log: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    /// Bundles the store (for reads), the writer (for writes), the limits
-    /// and the signature verifier, if one is configured.
+    /// Bundles the store (for reads), the writer (for writes), the limits,
+    /// the signature verifier (if one is configured) and the metrics.
     #[must_use]
     pub fn new(
         store: Store,
@@ -79,6 +82,7 @@ impl AppState {
         limits: Limits,
         verifier: Option<Verifier>,
         access_log: bool,
+        metrics: Arc<Metrics>,
     ) -> Self {
         AppState {
             store,
@@ -86,6 +90,7 @@ impl AppState {
             limits,
             verifier,
             access_log,
+            metrics,
         }
     }
 }
@@ -176,26 +181,37 @@ struct Rejection {
 #[derive(Clone)]
 struct AboutTransaction(String);
 
-/// Routes the request, then logs: rejected requests (4xx except 404, all
-/// 5xx) at warn with their reason, and with `--access-log` one line per
-/// request. Payloads, secrets and signatures are never logged.
+/// Routes the request, then counts it in the metrics and logs: rejected
+/// requests (4xx except 404, all 5xx) at warn with their reason, and with
+/// `--access-log` one line per request. Payloads, secrets and signatures
+/// are never logged.
 async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let access = state.access_log.then(|| {
-        (
-            Instant::now(),
-            request.method().clone(),
-            request.uri().path().to_owned(),
-        )
-    });
-    let response = route(state, request).await;
+    let started = Instant::now();
+    let route = route_of(request.uri().path());
+    let access = state
+        .access_log
+        .then(|| (request.method().clone(), request.uri().path().to_owned()));
+    let response = dispatch(state, route, request).await;
     let status = response.status();
+    let elapsed = started.elapsed();
+    state.metrics.request(route, status.as_u16(), elapsed);
+    let rejection = response.extensions().get::<Rejection>();
+    if route == Route::Webhooks
+        && let Some(rejection) = rejection
+    {
+        state.metrics.webhook(if rejection.code == "conflict" {
+            WebhookOutcome::Conflict
+        } else {
+            WebhookOutcome::Rejected(rejection.code)
+        });
+    }
     let transaction_id = response
         .extensions()
         .get::<AboutTransaction>()
         .map(|t| t.0.as_str());
     let rejected =
         (status.is_client_error() && status != StatusCode::NOT_FOUND) || status.is_server_error();
-    if rejected && let Some(rejection) = response.extensions().get::<Rejection>() {
+    if rejected && let Some(rejection) = rejection {
         tracing::warn!(
             status = status.as_u16(),
             code = rejection.code,
@@ -204,50 +220,53 @@ async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<B
             rejection.message
         );
     }
-    if let Some((started, method, path)) = access {
+    if let Some((method, path)) = access {
         tracing::info!(
             target: "webhookd::access",
             %method,
             path,
             status = status.as_u16(),
-            latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             transaction_id,
         );
     }
     response
 }
 
-async fn route(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = request.uri().path();
+/// Which route a path belongs to, whatever the method.
+fn route_of(path: &str) -> Route {
+    match path {
+        "/" => Route::Health,
+        WEBHOOKS_PATH => Route::Webhooks,
+        METRICS_PATH => Route::Metrics,
+        TRANSACTIONS_PATH => Route::Transactions,
+        _ if path.starts_with(TRANSACTIONS_PREFIX) => Route::Transaction,
+        _ => Route::Unknown,
+    }
+}
+
+async fn dispatch(
+    state: &AppState,
+    route: Route,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let method = request.method();
-    if path == "/" {
-        if method == Method::GET {
-            return health(state).await;
+    match route {
+        Route::Health if method == Method::GET => health(state).await,
+        Route::Webhooks if method == Method::POST => match receive(state, request).await {
+            Ok(response) | Err(response) => response,
+        },
+        Route::Metrics if method == Method::GET => metrics(state).await,
+        Route::Transaction if method == Method::GET => {
+            let raw_id = request.uri().path()[TRANSACTIONS_PREFIX.len()..].to_owned();
+            status(state, &raw_id).await
         }
-        return ApiError::MethodNotAllowed("GET").response();
-    }
-    if path == WEBHOOKS_PATH {
-        if method == Method::POST {
-            return match receive(state, request).await {
-                Ok(response) | Err(response) => response,
-            };
+        Route::Health | Route::Metrics | Route::Transaction => {
+            ApiError::MethodNotAllowed("GET").response()
         }
-        return ApiError::MethodNotAllowed("POST").response();
+        Route::Webhooks => ApiError::MethodNotAllowed("POST").response(),
+        Route::Transactions | Route::Unknown => ApiError::NotFound("no such path").response(),
     }
-    if path == METRICS_PATH {
-        if method == Method::GET {
-            return metrics(state).await;
-        }
-        return ApiError::MethodNotAllowed("GET").response();
-    }
-    if let Some(raw_id) = path.strip_prefix(TRANSACTIONS_PREFIX) {
-        if method == Method::GET {
-            let raw_id = raw_id.to_owned();
-            return status(state, &raw_id).await;
-        }
-        return ApiError::MethodNotAllowed("GET").response();
-    }
-    ApiError::NotFound("no such path").response()
 }
 
 // --- GET / -------------------------------------------------------------
@@ -289,7 +308,7 @@ async fn health(state: &AppState) -> Response<Full<Bytes>> {
 
 // --- GET /metrics --------------------------------------------------------
 
-/// Job figures in the Prometheus text exposition format (version 0.0.4).
+/// Every metric, with the job gauges read from the jobs table now.
 async fn metrics(state: &AppState) -> Response<Full<Bytes>> {
     let reader = state.store.clone();
     let now = now_ms();
@@ -298,26 +317,10 @@ async fn metrics(state: &AppState) -> Response<Full<Bytes>> {
         Ok(Err(e)) => return ApiError::Unavailable(e.to_string()).response(),
         Err(_) => return ApiError::Unavailable("the read did not complete".to_owned()).response(),
     };
-    let oldest_due_age = jobs
-        .earliest_due_ms
-        .filter(|&due| due <= now)
-        .map_or(0.0, |due| Duration::from_millis(now - due).as_secs_f64());
-    let text = format!(
-        "# HELP webhookd_pending_jobs Accepted transactions not yet processed.\n\
-         # TYPE webhookd_pending_jobs gauge\n\
-         webhookd_pending_jobs {}\n\
-         # HELP webhookd_due_jobs Pending jobs already due (the processing backlog).\n\
-         # TYPE webhookd_due_jobs gauge\n\
-         webhookd_due_jobs {}\n\
-         # HELP webhookd_oldest_due_job_age_seconds How long the earliest due job has been waiting.\n\
-         # TYPE webhookd_oldest_due_job_age_seconds gauge\n\
-         webhookd_oldest_due_job_age_seconds {oldest_due_age}\n",
-        jobs.pending, jobs.due
-    );
-    let mut response = Response::new(Full::new(Bytes::from(text)));
+    let mut response = Response::new(Full::new(Bytes::from(state.metrics.render(&jobs, now))));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     response
 }
@@ -398,6 +401,11 @@ async fn receive(
         AcceptOutcome::Duplicate(status) => (status, true),
         AcceptOutcome::Conflict => return Err(about(ApiError::Conflict.response())),
     };
+    state.metrics.webhook(if duplicate {
+        WebhookOutcome::Duplicate
+    } else {
+        WebhookOutcome::Accepted
+    });
     let accepted = json(
         StatusCode::ACCEPTED,
         &Accepted {

@@ -3,6 +3,7 @@
 //! - [`cli`]: command line, environment variables, logging set-up;
 //! - [`admin`]: `inspect`, `export`, `check`, `backup` on a stopped daemon's data dir;
 //! - [`http`]: the hyper server, routing, body limits, the JSON API and its errors;
+//! - [`metrics`]: counters, histograms and gauges for `GET /metrics`;
 //! - [`model`]: the transaction record, payload parsing and validation, exact amounts;
 //! - [`store`]: redb tables, record encoding, schema version, and the single
 //!   group-committing writer ([`store::writer`]), the durable-write path;
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod cli;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod scheduler;
 pub mod shutdown;
@@ -106,11 +108,13 @@ pub fn run(config: &Config) -> Result<(), Error> {
         source,
     })?;
 
+    let metrics = Arc::new(metrics::Metrics::new());
     let (waker, nudged) = scheduler::waker();
     let (writer, writer_thread) = store::writer::spawn(
         store.clone(),
         config.process_delay,
         usize::try_from(config.queue_depth).unwrap_or(usize::MAX),
+        Arc::clone(&metrics),
         {
             let waker = waker.clone();
             move |due| waker.new_job_due(due)
@@ -147,6 +151,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         limits,
         verifier,
         config.access_log,
+        metrics,
     ));
     runtime.block_on(http::serve(
         listener,

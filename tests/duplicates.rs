@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::{Daemon, get_transaction, payload, post, wait_processed};
@@ -72,8 +72,14 @@ fn copies_in_one_writer_batch_give_one_record_and_one_job() {
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (handle, thread) =
-        writer::spawn(store.clone(), Duration::from_secs(3600), 1024, |_| {}).unwrap();
+    let (handle, thread) = writer::spawn(
+        store.clone(),
+        Duration::from_secs(3600),
+        1024,
+        Arc::default(),
+        |_| {},
+    )
+    .unwrap();
     let transaction = webhookd::model::parse_payload(payload("txn_batch", "1").as_bytes()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

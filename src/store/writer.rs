@@ -22,6 +22,7 @@ use redb::{Database, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{JOBS, Job, META, Store, StoreError, TRANSACTIONS, encoding};
+use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
 
 /// Most commands applied in one write transaction. Bounds the time one
@@ -152,6 +153,7 @@ pub fn spawn(
     store: Store,
     process_delay: Duration,
     queue_depth: usize,
+    metrics: Arc<Metrics>,
     on_new_jobs: impl Fn(u64) + Send + 'static,
 ) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
     let (queue, commands) = mpsc::channel(queue_depth.max(1));
@@ -164,6 +166,7 @@ pub fn spawn(
         delay_ms: u64::try_from(process_delay.as_millis()).unwrap_or(u64::MAX),
         last_now_ms: 0,
         buf: Vec::with_capacity(256),
+        metrics,
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".to_owned())
@@ -188,6 +191,7 @@ struct Writer {
     /// `processed_at >= created_at` even if the wall clock is stepped back.
     last_now_ms: u64,
     buf: Vec<u8>,
+    metrics: Arc<Metrics>,
 }
 
 /// What a committed batch did.
@@ -198,6 +202,8 @@ struct Applied {
     earliest_new_due: Option<u64>,
     /// Whether it stored or completed a transaction (more than a probe).
     wrote_data: bool,
+    /// Transactions it marked PROCESSED.
+    processed: u64,
 }
 
 /// Per-command result of applying a batch, sent only after the commit.
@@ -231,6 +237,7 @@ impl Writer {
                     if applied.wrote_data {
                         lock(&self.last_failure).take();
                     }
+                    self.metrics.processed(applied.processed);
                     for (command, outcome) in batch.drain(..).zip(applied.outcomes) {
                         answer(command, outcome);
                     }
@@ -273,6 +280,7 @@ impl Writer {
         // already-durable data.
         let mut wrote_data = false;
         let mut probed = false;
+        let mut processed = 0;
         {
             let mut transactions = txn.open_table(TRANSACTIONS)?;
             let mut jobs = txn.open_table(JOBS)?;
@@ -290,7 +298,10 @@ impl Writer {
                         outcomes.push(Outcome::Accept(outcome));
                     }
                     Command::Complete { jobs: done, .. } => {
-                        wrote_data |= self.complete(&mut transactions, &mut jobs, done, now_ms)?;
+                        let (changed, newly_processed) =
+                            self.complete(&mut transactions, &mut jobs, done, now_ms)?;
+                        wrote_data |= changed;
+                        processed += newly_processed;
                         outcomes.push(Outcome::Done);
                     }
                     Command::Probe { .. } => {
@@ -302,7 +313,9 @@ impl Writer {
             }
         }
         if wrote_data || probed {
+            let started = Instant::now();
             txn.commit()?;
+            self.metrics.commit(batch.len(), started.elapsed());
         } else {
             txn.abort()?;
         }
@@ -310,6 +323,7 @@ impl Writer {
             outcomes,
             earliest_new_due,
             wrote_data,
+            processed,
         })
     }
 
@@ -375,15 +389,17 @@ impl Writer {
 
     /// Completes jobs. Idempotent: a job already gone, or a transaction
     /// already PROCESSED, changes nothing, so `processed_at` is set once.
-    /// Returns whether anything was written.
+    /// Returns whether anything was written, and how many transactions
+    /// became PROCESSED.
     fn complete(
         &mut self,
         transactions: &mut Table<&str, &[u8]>,
         jobs: &mut Table<(u64, &str), ()>,
         done: &[Job],
         now_ms: u64,
-    ) -> Result<bool, redb::Error> {
+    ) -> Result<(bool, u64), redb::Error> {
         let mut changed = false;
+        let mut processed = 0;
         for job in done {
             changed |= jobs
                 .remove((job.due_ms, job.transaction_id.as_str()))?
@@ -416,6 +432,7 @@ impl Writer {
                     );
                     transactions.insert(id, self.buf.as_slice())?;
                     changed = true;
+                    processed += 1;
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -425,7 +442,7 @@ impl Writer {
                 }
             }
         }
-        Ok(changed)
+        Ok((changed, processed))
     }
 }
 
