@@ -6,13 +6,13 @@
 //! holds an exclusive lock; there is no online backup), a file left by a
 //! crash is repaired first, and a newer schema is refused untouched.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{AdminCommand, ExportFormat};
 use crate::model::Status;
-use crate::store::{DB_FILE_NAME, OpenError, Store, StoreError};
+use crate::store::{DB_FILE_NAME, OpenError, Store, StoreError, status_key};
 
 /// Most problems `check` lists before only counting them.
 const MAX_LISTED_PROBLEMS: usize = 20;
@@ -130,22 +130,31 @@ impl From<StoreError> for CheckFailure {
 }
 
 /// Every record decodes; every pending job names a PROCESSING transaction;
-/// every PROCESSING transaction has a pending job.
+/// every PROCESSING transaction has a pending job; the listing and
+/// retention indexes hold exactly one row per transaction they cover, with
+/// the record's status and times.
 fn check(store: &Store, out: &mut impl Write) -> Result<(), CheckFailure> {
     let mut problems = Vec::new();
     let (mut total, mut processed) = (0_u64, 0_u64);
     let mut processing = HashSet::new();
+    // id → (status, created_at, processed_at) of every decodable record.
+    let mut indexed: HashMap<String, (Status, u64, Option<u64>)> = HashMap::new();
     store.for_each_transaction(|id, record| {
         total += 1;
         match record {
-            Ok(record) if record.status == Status::Processing => {
-                processing.insert(id.to_owned());
-            }
             Ok(record) => {
-                processed += 1;
-                if record.processed_at_ms.is_none() {
-                    problems.push(format!("{id:?} is PROCESSED without processed_at"));
+                if record.status == Status::Processing {
+                    processing.insert(id.to_owned());
+                } else {
+                    processed += 1;
+                    if record.processed_at_ms.is_none() {
+                        problems.push(format!("{id:?} is PROCESSED without processed_at"));
+                    }
                 }
+                indexed.insert(
+                    id.to_owned(),
+                    (record.status, record.created_at_ms, record.processed_at_ms),
+                );
             }
             Err(e) => problems.push(format!("{id:?} does not decode: {e}")),
         }
@@ -166,6 +175,37 @@ fn check(store: &Store, out: &mut impl Write) -> Result<(), CheckFailure> {
     for id in &processing {
         if !with_job.contains(id.as_str()) {
             problems.push(format!("{id:?} is PROCESSING but has no pending job"));
+        }
+    }
+    let (mut listed, mut retained) = (HashSet::new(), HashSet::new());
+    let mut retention_problems = Vec::new();
+    store.for_each_index_row(
+        |status, created, id| match indexed.get(id) {
+            Some(&(s, c, _)) if status_key(s) == status && c == created => {
+                if !listed.insert(id.to_owned()) {
+                    problems.push(format!("{id:?} is listed twice"));
+                }
+            }
+            _ => problems.push(format!(
+                "listing index row ({status}, {created}, {id:?}) does not match a stored transaction"
+            )),
+        },
+        |processed_ms, id| match indexed.get(id) {
+            Some(&(Status::Processed, _, Some(p))) if p == processed_ms => {
+                retained.insert(id.to_owned());
+            }
+            _ => retention_problems.push(format!(
+                "retention index row ({processed_ms}, {id:?}) does not match a PROCESSED transaction"
+            )),
+        },
+    )?;
+    problems.append(&mut retention_problems);
+    for (id, (status, _, _)) in &indexed {
+        if !listed.contains(id) {
+            problems.push(format!("{id:?} is missing from the listing index"));
+        }
+        if *status == Status::Processed && !retained.contains(id) {
+            problems.push(format!("{id:?} is missing from the retention index"));
         }
     }
     for problem in problems.iter().take(MAX_LISTED_PROBLEMS) {

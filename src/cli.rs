@@ -73,6 +73,17 @@ pub struct Config {
     )]
     pub shutdown_grace: Duration,
 
+    /// Delete PROCESSED transactions once their `processed_at` is older than
+    /// this (off when not set). A purged `transaction_id` is no longer
+    /// deduplicated: a redelivery after the purge is stored as new.
+    #[arg(
+        long,
+        env = "WEBHOOKD_RETENTION",
+        value_name = "DURATION",
+        value_parser = parse_positive_duration
+    )]
+    pub retention: Option<Duration>,
+
     /// Most connections served at once; more clients wait in the listen backlog.
     #[arg(
         long,

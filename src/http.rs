@@ -6,12 +6,15 @@
 //! transactions on tokio's blocking pool, so no redb call runs on an async
 //! worker thread.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -28,10 +31,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::metrics::{Metrics, Route, WebhookOutcome};
-use crate::model::{self, PayloadError, Record};
+use crate::model::{self, PayloadError, Record, Status};
 use crate::signature::Verifier;
-use crate::store::Store;
 use crate::store::writer::{AcceptOutcome, WriteError, WriterHandle};
+use crate::store::{ListQuery, MAX_PAGE, Position, Store};
 
 /// Bounds on what one client can hold: set from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -261,11 +264,12 @@ async fn dispatch(
             let raw_id = request.uri().path()[TRANSACTIONS_PREFIX.len()..].to_owned();
             status(state, &raw_id).await
         }
-        Route::Health | Route::Metrics | Route::Transaction => {
+        Route::Transactions if method == Method::GET => list(state, request.uri().query()).await,
+        Route::Health | Route::Metrics | Route::Transaction | Route::Transactions => {
             ApiError::MethodNotAllowed("GET").response()
         }
         Route::Webhooks => ApiError::MethodNotAllowed("POST").response(),
-        Route::Transactions | Route::Unknown => ApiError::NotFound("no such path").response(),
+        Route::Unknown => ApiError::NotFound("no such path").response(),
     }
 }
 
@@ -497,6 +501,165 @@ pub fn transaction_json(record: &Record) -> Vec<u8> {
     .expect("a transaction view always serialises")
 }
 
+// --- GET /v1/transactions ---------------------------------------------------
+
+/// Page size when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 50;
+
+/// Version byte at the start of every cursor.
+const CURSOR_VERSION: u8 = 1;
+
+/// `GET /v1/transactions?status=&created_after=&created_before=&limit=&cursor=`:
+/// newest first, from the listing index.
+async fn list(state: &AppState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let query = match parse_list_query(query.unwrap_or("")) {
+        Ok(query) => query,
+        Err(e) => return e.response(),
+    };
+    let store = state.store.clone();
+    let page = match tokio::task::spawn_blocking(move || store.list(&query)).await {
+        Ok(Ok(page)) => page,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "listing read failed");
+            return ApiError::Unavailable(e.to_string()).response();
+        }
+        Err(_) => return ApiError::Unavailable("the read did not complete".to_owned()).response(),
+    };
+    let mut body = Vec::with_capacity(64 + page.transactions.len() * 256);
+    body.extend_from_slice(b"{\"transactions\":[");
+    for (i, record) in page.transactions.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&transaction_json(record));
+    }
+    body.extend_from_slice(b"],\"next_cursor\":");
+    match &page.next {
+        Some(position) => {
+            body.push(b'"');
+            body.extend_from_slice(encode_cursor(position).as_bytes());
+            body.push(b'"');
+        }
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
+    json_bytes(StatusCode::OK, body)
+}
+
+fn invalid_parameter(field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidField {
+        field: Cow::Borrowed(field),
+        message: format!("{field} {}", message.into()),
+    }
+}
+
+/// Parses the listing's query string. Every parameter may appear once; an
+/// unknown one is refused (422 naming it) so a typo never silently widens
+/// the listing.
+fn parse_list_query(raw: &str) -> Result<ListQuery, ApiError> {
+    let mut query = ListQuery {
+        status: None,
+        created_after_ms: None,
+        created_before_ms: None,
+        limit: DEFAULT_PAGE,
+        after: None,
+    };
+    let mut seen: Vec<Cow<'_, str>> = Vec::new();
+    for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
+        if seen.contains(&name) {
+            return Err(ApiError::InvalidField {
+                field: Cow::Owned(name.clone().into_owned()),
+                message: format!("{name} is given more than once"),
+            });
+        }
+        match name.as_ref() {
+            "status" => {
+                query.status = Some(match value.as_ref() {
+                    "PROCESSING" => Status::Processing,
+                    "PROCESSED" => Status::Processed,
+                    _ => {
+                        return Err(invalid_parameter(
+                            "status",
+                            "must be PROCESSING or PROCESSED",
+                        ));
+                    }
+                });
+            }
+            "created_after" => {
+                query.created_after_ms = Some(parse_timestamp("created_after", &value)?);
+            }
+            "created_before" => {
+                query.created_before_ms = Some(parse_timestamp("created_before", &value)?);
+            }
+            "limit" => {
+                query.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        invalid_parameter(
+                            "limit",
+                            format!("must be a whole number from 1 to {MAX_PAGE}"),
+                        )
+                    })?;
+            }
+            "cursor" => {
+                query.after = Some(decode_cursor(&value).ok_or_else(|| {
+                    invalid_parameter("cursor", "is not a cursor this server handed out")
+                })?);
+            }
+            _ => {
+                return Err(ApiError::InvalidField {
+                    field: Cow::Owned(name.clone().into_owned()),
+                    message: format!(
+                        "unknown parameter {name}; known: status, created_after, created_before, limit, cursor"
+                    ),
+                });
+            }
+        }
+        seen.push(name);
+    }
+    Ok(query)
+}
+
+/// An RFC 3339 timestamp (`2026-11-22T10:30:00Z`, fractional seconds
+/// allowed) as milliseconds since the Unix epoch.
+fn parse_timestamp(field: &'static str, value: &str) -> Result<u64, ApiError> {
+    humantime::parse_rfc3339(value)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| {
+            invalid_parameter(
+                field,
+                "must be an RFC 3339 UTC timestamp such as 2026-11-22T10:30:00Z",
+            )
+        })
+}
+
+/// Opaque to clients: base64url of a version byte, `created_at` in ms
+/// (big-endian) and the id of the last transaction of the page.
+fn encode_cursor(position: &Position) -> String {
+    let mut raw = Vec::with_capacity(9 + position.transaction_id.len());
+    raw.push(CURSOR_VERSION);
+    raw.extend_from_slice(&position.created_ms.to_be_bytes());
+    raw.extend_from_slice(position.transaction_id.as_bytes());
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_cursor(text: &str) -> Option<Position> {
+    let raw = URL_SAFE_NO_PAD.decode(text).ok()?;
+    let (&version, rest) = raw.split_first()?;
+    if version != CURSOR_VERSION || rest.len() < 9 {
+        return None;
+    }
+    let (created, id) = rest.split_at(8);
+    Some(Position {
+        created_ms: u64::from_be_bytes(created.try_into().ok()?),
+        transaction_id: String::from_utf8(id.to_vec()).ok()?,
+    })
+}
+
 // --- errors and responses ------------------------------------------------
 
 /// Every error the API answers with: one variant per row of CONTRACT §2's
@@ -510,7 +673,7 @@ enum ApiError {
     PayloadTooLarge(u64),
     UnsupportedMediaType,
     InvalidField {
-        field: &'static str,
+        field: Cow<'static, str>,
         message: String,
     },
     Unavailable(String),
@@ -528,7 +691,7 @@ struct ErrorDetail<'a> {
     code: &'static str,
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'static str>,
+    field: Option<&'a str>,
 }
 
 impl From<PayloadError> for ApiError {
@@ -536,7 +699,7 @@ impl From<PayloadError> for ApiError {
         match e {
             PayloadError::InvalidJson(message) => ApiError::InvalidJson(message),
             PayloadError::InvalidField { field, message } => ApiError::InvalidField {
-                field: field.name(),
+                field: Cow::Borrowed(field.name()),
                 message: format!("{} {message}", field.name()),
             },
         }
@@ -577,7 +740,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_field",
                 message.clone(),
-                Some(*field),
+                Some(field.as_ref()),
             ),
             ApiError::Unavailable(reason) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -8,6 +8,7 @@
 //! - [`store`]: redb tables, record encoding, schema version, and the single
 //!   group-committing writer ([`store::writer`]), the durable-write path;
 //! - [`scheduler`]: fires due jobs from the durable jobs table;
+//! - [`retention`]: `--retention`, deletes old PROCESSED transactions;
 //! - [`signature`]: optional webhook signature verification;
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //!
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod retention;
 pub mod scheduler;
 pub mod shutdown;
 pub mod signature;
@@ -123,6 +125,11 @@ pub fn run(config: &Config) -> Result<(), Error> {
     .map_err(start_error("store writer"))?;
     let scheduler = Scheduler::start(store.clone(), writer.clone(), waker, nudged)
         .map_err(start_error("scheduler"))?;
+    let retention = config
+        .retention
+        .map(|age| retention::Retention::start(writer.clone(), age))
+        .transpose()
+        .map_err(start_error("retention"))?;
     let signals = ShutdownSignals::install().map_err(start_error("signal handlers"))?;
 
     let pending_jobs = store.pending_jobs().unwrap_or_default();
@@ -135,6 +142,9 @@ pub fn run(config: &Config) -> Result<(), Error> {
         max_connections = config.max_connections,
         signatures = config.signature_scheme.map_or("off", signature::Scheme::name),
         access_log = config.access_log,
+        retention = %config
+            .retention
+            .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
         pending_jobs,
         "{}",
         http::ready_line(addr)
@@ -160,9 +170,13 @@ pub fn run(config: &Config) -> Result<(), Error> {
         config.shutdown_grace,
     ));
 
-    // Every connection has ended, so the scheduler holds the last writer
-    // handle; once it stops, the writer drains its queue and exits.
+    // Every connection has ended, so the scheduler and retention hold the
+    // last writer handles; once they stop, the writer drains its queue and
+    // exits.
     scheduler.stop();
+    if let Some(retention) = retention {
+        retention.stop();
+    }
     let writer_result = writer_thread.join();
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     signals.close();

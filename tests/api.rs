@@ -201,8 +201,8 @@ fn unknown_paths_are_json_404() {
     let daemon = Daemon::start(dir.path(), &[]);
     for path in [
         "/nope",
-        "/v1/transactions",
         "/v1/transactions/",
+        "/v1/transactionsx",
         "/v1/webhooks",
         "/v2/",
     ] {

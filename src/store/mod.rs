@@ -5,7 +5,14 @@
 //! - `transactions`: `transaction_id` → versioned bincode [`Record`] ([`encoding`]);
 //! - `jobs`: `(due_ms, transaction_id)` → `()`, one row per transaction not
 //!   yet processed; it reads in due order and is the scheduler's index;
+//! - `transactions_by_status`: `(status, created_ms, transaction_id)` → `()`,
+//!   one row per transaction: the listing index (newest first per status);
+//! - `transactions_by_processed_at`: `(processed_ms, transaction_id)` → `()`,
+//!   one row per PROCESSED transaction: the retention index;
 //! - `meta`: `"schema_version"` → [`SCHEMA_VERSION`].
+//!
+//! The writer keeps both indexes in the same write transaction as the
+//! record they index, so they never disagree with it after a crash.
 //!
 //! Everything that must survive a crash is in these tables; nothing in
 //! memory is the only copy of anything acknowledged.
@@ -20,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::model::Record;
+use crate::model::{Record, Status};
 
 /// redb's page cache. redb's default (1 GiB) would let a daemon on a small
 /// edge box grow to that size; the OS page cache still holds the file.
@@ -31,7 +38,10 @@ pub const DB_FILE_NAME: &str = "webhookd.redb";
 
 /// Version of the table layout this build reads and writes. A database with
 /// a higher version was written by a newer webhookd and is refused.
-pub const SCHEMA_VERSION: u64 = 1;
+///
+/// History: 1 had `transactions`, `jobs` and `meta`; 2 added the two
+/// indexes, which [`Store::open`] builds from the records of a version 1 file.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Key in [`META`] holding the schema version.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
@@ -39,6 +49,59 @@ pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 pub(crate) const TRANSACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("transactions");
 pub(crate) const JOBS: TableDefinition<(u64, &str), ()> = TableDefinition::new("jobs");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const BY_STATUS: TableDefinition<(u8, u64, &str), ()> =
+    TableDefinition::new("transactions_by_status");
+pub(crate) const BY_PROCESSED: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("transactions_by_processed_at");
+
+/// A status as the first field of a `transactions_by_status` key.
+#[must_use]
+pub fn status_key(status: Status) -> u8 {
+    match status {
+        Status::Processing => 0,
+        Status::Processed => 1,
+    }
+}
+
+/// Most records indexed per write transaction when a version 1 file is
+/// migrated; bounds the memory of one migration commit.
+const MIGRATION_CHUNK: usize = 50_000;
+
+/// Most transactions one listing page may hold (`limit`).
+pub const MAX_PAGE: usize = 1000;
+
+/// Where a listing page starts: just after (older than) this transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// `created_at` of the last transaction of the previous page, ms.
+    pub created_ms: u64,
+    /// Its id (ties in `created_at` are ordered by id).
+    pub transaction_id: String,
+}
+
+/// A listing request: which transactions, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only this status, or both.
+    pub status: Option<Status>,
+    /// Only those created strictly after this time (ms).
+    pub created_after_ms: Option<u64>,
+    /// Only those created strictly before this time (ms).
+    pub created_before_ms: Option<u64>,
+    /// At most this many (1..=[`MAX_PAGE`]).
+    pub limit: usize,
+    /// Continue after this position.
+    pub after: Option<Position>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Transactions, newest first.
+    pub transactions: Vec<Record>,
+    /// Where the next page starts, if there may be more.
+    pub next: Option<Position>,
+}
 
 /// Why the store could not be opened. Each message names the path and says
 /// what the operator can do.
@@ -327,6 +390,117 @@ impl Store {
         Ok(())
     }
 
+    /// One page of transactions, newest first (by `created_at`, then id,
+    /// descending), read from the status index in one read transaction.
+    ///
+    /// Paging is stable while transactions arrive: new ones are newer than
+    /// any position already handed out, so they never shift a later page;
+    /// a transaction changing status keeps its place in an unfiltered list.
+    pub fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
+        let index = txn.open_table(BY_STATUS).map_err(StoreError::storage)?;
+        let records = txn.open_table(TRANSACTIONS).map_err(StoreError::storage)?;
+        let low = query.created_after_ms.map_or(0, |ms| ms.saturating_add(1));
+        // Newest first: each status's range read backwards, then merged.
+        let statuses: &[Status] = match query.status {
+            Some(Status::Processing) => &[Status::Processing],
+            Some(Status::Processed) => &[Status::Processed],
+            None => &[Status::Processing, Status::Processed],
+        };
+        let mut ranges = Vec::with_capacity(statuses.len());
+        for &status in statuses {
+            let s = status_key(status);
+            let start = (s, low, "");
+            let end: (u8, u64, &str) = match (&query.after, query.created_before_ms) {
+                (Some(after), Some(before)) if before <= after.created_ms => (s, before, ""),
+                (Some(after), _) => (s, after.created_ms, after.transaction_id.as_str()),
+                (None, Some(before)) => (s, before, ""),
+                (None, None) => (s + 1, 0, ""),
+            };
+            if start >= end {
+                continue;
+            }
+            let range = index.range(start..end).map_err(StoreError::storage)?;
+            ranges.push(range.rev().peekable());
+        }
+        let mut keys: Vec<(u64, String)> = Vec::with_capacity(query.limit + 1);
+        while keys.len() <= query.limit {
+            // The newest head among the ranges.
+            let mut best: Option<(usize, (u64, String))> = None;
+            for (i, range) in ranges.iter_mut().enumerate() {
+                let Some(head) = range.peek() else { continue };
+                let Ok((key, _)) = head else {
+                    // Surface the error through next().
+                    if let Some(Err(e)) = range.next() {
+                        return Err(StoreError::storage(e));
+                    }
+                    continue;
+                };
+                let (_, created, id) = key.value();
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, (c, i))| (created, id) > (*c, i.as_str()))
+                {
+                    best = Some((i, (created, id.to_owned())));
+                }
+            }
+            let Some((i, key)) = best else { break };
+            ranges[i].next();
+            keys.push(key);
+        }
+        let next = if keys.len() > query.limit {
+            keys.truncate(query.limit);
+            keys.last().map(|(created_ms, id)| Position {
+                created_ms: *created_ms,
+                transaction_id: id.clone(),
+            })
+        } else {
+            None
+        };
+        let mut transactions = Vec::with_capacity(keys.len());
+        for (_, id) in &keys {
+            let Some(value) = records.get(id.as_str()).map_err(StoreError::storage)? else {
+                // The index and the records are written in one transaction;
+                // `webhookd check` reports a mismatch. Skip rather than fail.
+                tracing::error!(transaction_id = %id, "listing index names a missing transaction");
+                continue;
+            };
+            let record =
+                encoding::decode(id, value.value()).map_err(|source| StoreError::Corrupt {
+                    id: id.clone(),
+                    source,
+                })?;
+            transactions.push(record);
+        }
+        Ok(Page { transactions, next })
+    }
+
+    /// Visits every row of the listing index as `(status, created_ms, id)`,
+    /// then every row of the retention index as `(processed_ms, id)`, in
+    /// one read transaction (for `webhookd check`).
+    pub fn for_each_index_row(
+        &self,
+        mut status_row: impl FnMut(u8, u64, &str),
+        mut processed_row: impl FnMut(u64, &str),
+    ) -> Result<(), StoreError> {
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
+        let by_status = txn.open_table(BY_STATUS).map_err(StoreError::storage)?;
+        for row in by_status.iter().map_err(StoreError::storage)? {
+            let (key, _) = row.map_err(StoreError::storage)?;
+            let (status, created, id) = key.value();
+            status_row(status, created, id);
+        }
+        let by_processed = txn.open_table(BY_PROCESSED).map_err(StoreError::storage)?;
+        for row in by_processed.iter().map_err(StoreError::storage)? {
+            let (key, _) = row.map_err(StoreError::storage)?;
+            let (processed, id) = key.value();
+            processed_row(processed, id);
+        }
+        Ok(())
+    }
+
     /// Every pending job, earliest first.
     pub fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
         self.due_jobs(u64::MAX, usize::MAX)
@@ -390,18 +564,85 @@ fn check_schema_version(path: &Path, found: Option<u64>) -> Result<(), OpenError
 }
 
 /// Creates the tables and records the schema version in a new file; a file
-/// at the current version is left as it is.
+/// at the current version is left as it is; a version 1 file is migrated.
 fn initialise(db: &Database) -> Result<(), redb::Error> {
-    if read_schema_version(db)? == Some(SCHEMA_VERSION) {
-        return Ok(());
+    match read_schema_version(db)? {
+        Some(SCHEMA_VERSION) => return Ok(()),
+        Some(1) => migrate_from_v1(db)?,
+        _ => {}
     }
     let txn = db.begin_write()?;
     {
         txn.open_table(TRANSACTIONS)?;
         txn.open_table(JOBS)?;
+        txn.open_table(BY_STATUS)?;
+        txn.open_table(BY_PROCESSED)?;
         txn.open_table(META)?
             .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Builds the version 2 indexes from the records of a version 1 file, in
+/// chunks of [`MIGRATION_CHUNK`] records per commit. Rerunning it after a
+/// crash part-way is safe: the version stays 1 until the caller's final
+/// commit, and indexing a record twice writes the same keys again.
+fn migrate_from_v1(db: &Database) -> Result<(), redb::Error> {
+    let started = Instant::now();
+    let mut resume: Option<String> = None;
+    let mut indexed = 0_u64;
+    loop {
+        let txn = db.begin_write()?;
+        let mut done = true;
+        {
+            let records = txn.open_table(TRANSACTIONS)?;
+            let mut by_status = txn.open_table(BY_STATUS)?;
+            let mut by_processed = txn.open_table(BY_PROCESSED)?;
+            let rows = match &resume {
+                Some(last) => records.range::<&str>((
+                    std::ops::Bound::Excluded(last.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))?,
+                None => records.iter()?,
+            };
+            let mut in_chunk = 0;
+            for row in rows {
+                let (key, value) = row?;
+                let id = key.value();
+                in_chunk += 1;
+                if in_chunk > MIGRATION_CHUNK {
+                    done = false;
+                    break;
+                }
+                resume = Some(id.to_owned());
+                match encoding::decode(id, value.value()) {
+                    Ok(record) => {
+                        by_status
+                            .insert((status_key(record.status), record.created_at_ms, id), ())?;
+                        if let (Status::Processed, Some(at)) =
+                            (record.status, record.processed_at_ms)
+                        {
+                            by_processed.insert((at, id), ())?;
+                        }
+                        indexed += 1;
+                    }
+                    // Left as it is; `webhookd check` reports it.
+                    Err(e) => {
+                        tracing::error!(transaction_id = id, error = %e, "record does not decode; not indexed");
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        if done {
+            break;
+        }
+    }
+    tracing::info!(
+        transactions = indexed,
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "migrated the database from schema version 1 to 2 (built the listing and retention indexes)"
+    );
     Ok(())
 }

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redb::{Database, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{JOBS, Job, META, Store, StoreError, TRANSACTIONS, encoding};
+use super::{
+    BY_PROCESSED, BY_STATUS, JOBS, Job, META, Store, StoreError, TRANSACTIONS, encoding, status_key,
+};
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
 
@@ -86,6 +88,11 @@ enum Command {
     Probe {
         reply: oneshot::Sender<Result<(), WriteError>>,
     },
+    Purge {
+        processed_before_ms: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<u64, WriteError>>,
+    },
 }
 
 /// Cloneable handle for sending commands to the writer. The writer thread
@@ -121,6 +128,26 @@ impl WriterHandle {
         let (reply, answer) = oneshot::channel();
         self.queue
             .blocking_send(Command::Complete { jobs, reply })
+            .map_err(|_| WriteError::Closed)?;
+        answer.blocking_recv().map_err(|_| WriteError::Closed)?
+    }
+
+    /// Deletes up to `limit` PROCESSED transactions whose `processed_at` is
+    /// before `processed_before_ms`, oldest first, with their index rows, in
+    /// one command of one batch. Returns how many were deleted. Blocks the
+    /// calling (non-async) thread, waiting for queue space.
+    pub fn purge_blocking(
+        &self,
+        processed_before_ms: u64,
+        limit: usize,
+    ) -> Result<u64, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .blocking_send(Command::Purge {
+                processed_before_ms,
+                limit,
+                reply,
+            })
             .map_err(|_| WriteError::Closed)?;
         answer.blocking_recv().map_err(|_| WriteError::Closed)?
     }
@@ -204,11 +231,14 @@ struct Applied {
     wrote_data: bool,
     /// Transactions it marked PROCESSED.
     processed: u64,
+    /// Transactions it deleted (retention).
+    purged: u64,
 }
 
 /// Per-command result of applying a batch, sent only after the commit.
 enum Outcome {
     Accept(Result<AcceptOutcome, WriteError>),
+    Purged(u64),
     Done,
 }
 
@@ -238,6 +268,7 @@ impl Writer {
                         lock(&self.last_failure).take();
                     }
                     self.metrics.processed(applied.processed);
+                    self.metrics.purged(applied.purged);
                     for (command, outcome) in batch.drain(..).zip(applied.outcomes) {
                         answer(command, outcome);
                     }
@@ -281,14 +312,18 @@ impl Writer {
         let mut wrote_data = false;
         let mut probed = false;
         let mut processed = 0;
+        let mut purged = 0;
         {
-            let mut transactions = txn.open_table(TRANSACTIONS)?;
-            let mut jobs = txn.open_table(JOBS)?;
+            let mut tables = Tables {
+                transactions: txn.open_table(TRANSACTIONS)?,
+                jobs: txn.open_table(JOBS)?,
+                by_status: txn.open_table(BY_STATUS)?,
+                by_processed: txn.open_table(BY_PROCESSED)?,
+            };
             for command in batch {
                 match command {
                     Command::Accept { transaction, .. } => {
-                        let outcome =
-                            self.accept(&mut transactions, &mut jobs, transaction, now_ms)?;
+                        let outcome = self.accept(&mut tables, transaction, now_ms)?;
                         if outcome == Ok(AcceptOutcome::Created) {
                             wrote_data = true;
                             let due = now_ms.saturating_add(self.delay_ms);
@@ -299,10 +334,20 @@ impl Writer {
                     }
                     Command::Complete { jobs: done, .. } => {
                         let (changed, newly_processed) =
-                            self.complete(&mut transactions, &mut jobs, done, now_ms)?;
+                            self.complete(&mut tables, done, now_ms)?;
                         wrote_data |= changed;
                         processed += newly_processed;
                         outcomes.push(Outcome::Done);
+                    }
+                    Command::Purge {
+                        processed_before_ms,
+                        limit,
+                        ..
+                    } => {
+                        let deleted = purge(&mut tables, *processed_before_ms, *limit)?;
+                        wrote_data |= deleted > 0;
+                        purged += deleted;
+                        outcomes.push(Outcome::Purged(deleted));
                     }
                     Command::Probe { .. } => {
                         probed = true;
@@ -324,6 +369,7 @@ impl Writer {
             earliest_new_due,
             wrote_data,
             processed,
+            purged,
         })
     }
 
@@ -360,13 +406,12 @@ impl Writer {
 
     fn accept(
         &mut self,
-        transactions: &mut Table<&str, &[u8]>,
-        jobs: &mut Table<(u64, &str), ()>,
+        tables: &mut Tables<'_>,
         transaction: &NewTransaction,
         now_ms: u64,
     ) -> Result<Result<AcceptOutcome, WriteError>, redb::Error> {
         let id = transaction.transaction_id.as_str();
-        if let Some(stored) = transactions.get(id)? {
+        if let Some(stored) = tables.transactions.get(id)? {
             return Ok(match encoding::decode(id, stored.value()) {
                 // NewTransaction equality compares the amount by value
                 // (1500.50 == 1500.5) and the already upper-cased currency.
@@ -381,9 +426,14 @@ impl Writer {
             });
         }
         encoding::encode_into(transaction, Status::Processing, now_ms, None, &mut self.buf);
-        transactions.insert(id, self.buf.as_slice())?;
+        tables.transactions.insert(id, self.buf.as_slice())?;
         // Same transaction as the record: a 202 means both are on disk.
-        jobs.insert((now_ms.saturating_add(self.delay_ms), id), ())?;
+        tables
+            .jobs
+            .insert((now_ms.saturating_add(self.delay_ms), id), ())?;
+        tables
+            .by_status
+            .insert((status_key(Status::Processing), now_ms, id), ())?;
         Ok(Ok(AcceptOutcome::Created))
     }
 
@@ -393,15 +443,15 @@ impl Writer {
     /// became PROCESSED.
     fn complete(
         &mut self,
-        transactions: &mut Table<&str, &[u8]>,
-        jobs: &mut Table<(u64, &str), ()>,
+        tables: &mut Tables<'_>,
         done: &[Job],
         now_ms: u64,
     ) -> Result<(bool, u64), redb::Error> {
         let mut changed = false;
         let mut processed = 0;
         for job in done {
-            changed |= jobs
+            changed |= tables
+                .jobs
                 .remove((job.due_ms, job.transaction_id.as_str()))?
                 .is_some();
         }
@@ -411,7 +461,7 @@ impl Writer {
         let mut ids: Vec<&str> = done.iter().map(|j| j.transaction_id.as_str()).collect();
         ids.sort_unstable();
         for id in ids {
-            let record = match transactions.get(id)? {
+            let record = match tables.transactions.get(id)? {
                 None => {
                     tracing::warn!(
                         transaction_id = id,
@@ -430,7 +480,17 @@ impl Writer {
                         Some(now_ms),
                         &mut self.buf,
                     );
-                    transactions.insert(id, self.buf.as_slice())?;
+                    tables.transactions.insert(id, self.buf.as_slice())?;
+                    tables.by_status.remove((
+                        status_key(Status::Processing),
+                        record.created_at_ms,
+                        id,
+                    ))?;
+                    tables.by_status.insert(
+                        (status_key(Status::Processed), record.created_at_ms, id),
+                        (),
+                    )?;
+                    tables.by_processed.insert((now_ms, id), ())?;
                     changed = true;
                     processed += 1;
                 }
@@ -446,6 +506,56 @@ impl Writer {
     }
 }
 
+/// The tables one batch writes.
+struct Tables<'txn> {
+    transactions: Table<'txn, &'static str, &'static [u8]>,
+    jobs: Table<'txn, (u64, &'static str), ()>,
+    by_status: Table<'txn, (u8, u64, &'static str), ()>,
+    by_processed: Table<'txn, (u64, &'static str), ()>,
+}
+
+/// Deletes up to `limit` transactions processed before `before_ms`, oldest
+/// first, with their rows in both indexes. Only PROCESSED transactions are
+/// in the retention index, so nothing pending is ever touched.
+fn purge(tables: &mut Tables<'_>, before_ms: u64, limit: usize) -> Result<u64, redb::Error> {
+    let mut victims = Vec::new();
+    for row in tables
+        .by_processed
+        .range((0, "")..(before_ms, ""))?
+        .take(limit)
+    {
+        let (key, _) = row?;
+        let (processed_ms, id) = key.value();
+        victims.push((processed_ms, id.to_owned()));
+    }
+    let mut deleted = 0;
+    for (processed_ms, id) in &victims {
+        tables.by_processed.remove((*processed_ms, id.as_str()))?;
+        let record = match tables.transactions.get(id.as_str())? {
+            None => continue,
+            Some(stored) => encoding::decode(id, stored.value()),
+        };
+        match record {
+            Ok(record) => {
+                tables.transactions.remove(id.as_str())?;
+                tables.by_status.remove((
+                    status_key(record.status),
+                    record.created_at_ms,
+                    id.as_str(),
+                ))?;
+                deleted += 1;
+            }
+            // Damaged data is never deleted unseen: the record stays for
+            // `webhookd check` to report; only its retention row goes, so
+            // purging moves on.
+            Err(e) => {
+                tracing::error!(transaction_id = %id, error = %e, "not purged: stored record cannot be decoded");
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 fn answer(command: Command, outcome: Outcome) {
     // A caller that went away (client disconnected) no longer needs its
     // answer; what was committed stays committed.
@@ -455,6 +565,9 @@ fn answer(command: Command, outcome: Outcome) {
         }
         (Command::Complete { reply, .. } | Command::Probe { reply }, Outcome::Done) => {
             let _ = reply.send(Ok(()));
+        }
+        (Command::Purge { reply, .. }, Outcome::Purged(count)) => {
+            let _ = reply.send(Ok(count));
         }
         _ => unreachable!("outcomes are produced in command order, one per command"),
     }
@@ -466,6 +579,9 @@ fn fail(command: Command, error: WriteError) {
             let _ = reply.send(Err(error));
         }
         Command::Complete { reply, .. } | Command::Probe { reply } => {
+            let _ = reply.send(Err(error));
+        }
+        Command::Purge { reply, .. } => {
             let _ = reply.send(Err(error));
         }
     }
