@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::{AdminCommand, ExportFormat};
 use crate::model::Status;
-use crate::store::{DB_FILE_NAME, OpenError, Store, StoreError, status_key};
+use crate::store::{DB_FILE_NAME, IndexRows, OpenError, Store, StoreError, status_key};
 
 /// Most problems `check` lists before only counting them.
 const MAX_LISTED_PROBLEMS: usize = 20;
@@ -84,7 +84,7 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
         } => {
             let mut failure = None;
             let mut undecodable = 0;
-            store.for_each_transaction(|id, record| match record {
+            store.for_each_transaction(|key, record| match record {
                 Ok(record) => match out
                     .write_all(&crate::http::transaction_json(&record))
                     .and_then(|()| out.write_all(b"\n"))
@@ -96,7 +96,7 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
                     }
                 },
                 Err(e) => {
-                    eprintln!("webhookd: cannot decode transaction {id:?}: {e}");
+                    eprintln!("webhookd: cannot decode the record at log key {key}: {e}");
                     undecodable += 1;
                     true
                 }
@@ -129,99 +129,126 @@ impl From<StoreError> for CheckFailure {
     }
 }
 
-/// Every record decodes; every pending job names a PROCESSING transaction;
-/// every PROCESSING transaction has a pending job; the listing and
-/// retention indexes hold exactly one row per transaction they cover, with
-/// the record's status and times.
+/// Every record decodes and its id is stored once; every pending job names
+/// a PROCESSING transaction and every PROCESSING transaction has a job;
+/// `ids` names the right record for every id it holds, and holds every id
+/// up to its completeness mark; the listing and retention indexes hold
+/// exactly one matching row per transaction they cover.
 fn check(store: &Store, out: &mut impl Write) -> Result<(), CheckFailure> {
     let mut problems = Vec::new();
-    let (mut total, mut processed) = (0_u64, 0_u64);
-    let mut processing = HashSet::new();
-    // id → (status, created_at, processed_at) of every decodable record.
-    let mut indexed: HashMap<String, (Status, u64, Option<u64>)> = HashMap::new();
-    store.for_each_transaction(|id, record| {
+    let (mut total, mut processed, mut processing) = (0_u64, 0_u64, 0_u64);
+    // log key → (id, status, processed_at) of every decodable record.
+    let mut records: HashMap<u64, (String, Status, Option<u64>)> = HashMap::new();
+    let mut key_of_id: HashMap<String, u64> = HashMap::new();
+    store.for_each_transaction(|key, record| {
         total += 1;
         match record {
             Ok(record) => {
+                let id = record.transaction.transaction_id;
                 if record.status == Status::Processing {
-                    processing.insert(id.to_owned());
+                    processing += 1;
                 } else {
                     processed += 1;
                     if record.processed_at_ms.is_none() {
                         problems.push(format!("{id:?} is PROCESSED without processed_at"));
                     }
                 }
-                indexed.insert(
-                    id.to_owned(),
-                    (record.status, record.created_at_ms, record.processed_at_ms),
-                );
+                if let Some(other) = key_of_id.insert(id.clone(), key) {
+                    problems.push(format!(
+                        "{id:?} is stored twice (log keys {other} and {key})"
+                    ));
+                }
+                records.insert(key, (id, record.status, record.processed_at_ms));
             }
-            Err(e) => problems.push(format!("{id:?} does not decode: {e}")),
+            Err(e) => problems.push(format!("record at log key {key} does not decode: {e}")),
         }
         true
     })?;
-    let jobs = store.all_jobs()?;
-    let mut with_job = HashSet::new();
-    for job in &jobs {
-        if processing.contains(&job.transaction_id) {
-            with_job.insert(job.transaction_id.as_str());
-        } else {
-            problems.push(format!(
-                "job for {:?} has no PROCESSING transaction",
-                job.transaction_id
-            ));
-        }
-    }
-    for id in &processing {
-        if !with_job.contains(id.as_str()) {
-            problems.push(format!("{id:?} is PROCESSING but has no pending job"));
-        }
-    }
-    let (mut listed, mut retained) = (HashSet::new(), HashSet::new());
-    let mut retention_problems = Vec::new();
-    store.for_each_index_row(
-        |status, created, id| match indexed.get(id) {
-            Some(&(s, c, _)) if status_key(s) == status && c == created => {
-                if !listed.insert(id.to_owned()) {
-                    problems.push(format!("{id:?} is listed twice"));
-                }
-            }
-            _ => problems.push(format!(
-                "listing index row ({status}, {created}, {id:?}) does not match a stored transaction"
-            )),
-        },
-        |processed_ms, id| match indexed.get(id) {
-            Some(&(Status::Processed, _, Some(p))) if p == processed_ms => {
-                retained.insert(id.to_owned());
-            }
-            _ => retention_problems.push(format!(
-                "retention index row ({processed_ms}, {id:?}) does not match a PROCESSED transaction"
-            )),
-        },
-    )?;
-    problems.append(&mut retention_problems);
-    for (id, (status, _, _)) in &indexed {
-        if !listed.contains(id) {
-            problems.push(format!("{id:?} is missing from the listing index"));
-        }
-        if *status == Status::Processed && !retained.contains(id) {
-            problems.push(format!("{id:?} is missing from the retention index"));
-        }
-    }
+    let rows = store.index_rows()?;
+    check_indexes(&records, &rows, &mut problems);
     for problem in problems.iter().take(MAX_LISTED_PROBLEMS) {
         eprintln!("webhookd check: {problem}");
     }
     if problems.is_empty() {
         writeln!(
             out,
-            "ok: {total} transactions ({} processing, {processed} processed), {} pending jobs",
-            processing.len(),
-            jobs.len()
+            "ok: {total} transactions ({processing} processing, {processed} processed), {} pending jobs",
+            rows.jobs.len()
         )
         .map_err(CheckFailure::Io)?;
         Ok(())
     } else {
         Err(CheckFailure::Admin(AdminError::Damaged(problems.len())))
+    }
+}
+
+/// The jobs, `ids`, listing and retention rows against the records
+/// (log key → id, status, `processed_at`).
+fn check_indexes(
+    records: &HashMap<u64, (String, Status, Option<u64>)>,
+    rows: &IndexRows,
+    problems: &mut Vec<String>,
+) {
+    let mut with_job = HashSet::new();
+    for job in &rows.jobs {
+        match records.get(&job.log_key) {
+            Some((_, Status::Processing, _)) => {
+                with_job.insert(job.log_key);
+            }
+            _ => problems.push(format!(
+                "job at log key {} has no PROCESSING transaction",
+                job.log_key
+            )),
+        }
+    }
+    let mut in_ids = HashSet::new();
+    for (id, key) in &rows.ids {
+        match records.get(key) {
+            Some((stored, _, _)) if stored == id => {
+                in_ids.insert(*key);
+            }
+            _ => problems.push(format!(
+                "ids names log key {key} for {id:?}, which holds another record"
+            )),
+        }
+    }
+    let mut listed = HashSet::new();
+    for &(status, key) in &rows.by_status {
+        match records.get(&key) {
+            Some((_, s, _)) if status_key(*s) == status => {
+                if !listed.insert(key) {
+                    problems.push(format!("log key {key} is listed twice"));
+                }
+            }
+            _ => problems.push(format!(
+                "listing index row ({status}, {key}) does not match a stored transaction"
+            )),
+        }
+    }
+    let mut retained = HashSet::new();
+    for &(processed_ms, key) in &rows.by_processed {
+        match records.get(&key) {
+            Some((_, Status::Processed, Some(at))) if *at == processed_ms => {
+                retained.insert(key);
+            }
+            _ => problems.push(format!(
+                "retention index row ({processed_ms}, {key}) does not match a PROCESSED transaction"
+            )),
+        }
+    }
+    for (key, (id, status, _)) in records {
+        if *status == Status::Processing && !with_job.contains(key) {
+            problems.push(format!("{id:?} is PROCESSING but has no pending job"));
+        }
+        if *key <= rows.indexed_upto && !in_ids.contains(key) {
+            problems.push(format!("{id:?} is missing from the ids index"));
+        }
+        if !listed.contains(key) {
+            problems.push(format!("{id:?} is missing from the listing index"));
+        }
+        if *status == Status::Processed && !retained.contains(key) {
+            problems.push(format!("{id:?} is missing from the retention index"));
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use crate::metrics::{Metrics, Route, WebhookOutcome};
 use crate::model::{self, PayloadError, Record, Status};
 use crate::signature::Verifier;
 use crate::store::writer::{AcceptOutcome, WriteError, WriterHandle};
-use crate::store::{ListQuery, MAX_PAGE, Position, Store};
+use crate::store::{ListQuery, MAX_PAGE, Store};
 
 /// Bounds on what one client can hold: set from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -534,10 +534,10 @@ async fn list(state: &AppState, query: Option<&str>) -> Response<Full<Bytes>> {
         body.extend_from_slice(&transaction_json(record));
     }
     body.extend_from_slice(b"],\"next_cursor\":");
-    match &page.next {
-        Some(position) => {
+    match page.next {
+        Some(log_key) => {
             body.push(b'"');
-            body.extend_from_slice(encode_cursor(position).as_bytes());
+            body.extend_from_slice(encode_cursor(log_key).as_bytes());
             body.push(b'"');
         }
         None => body.extend_from_slice(b"null"),
@@ -637,27 +637,22 @@ fn parse_timestamp(field: &'static str, value: &str) -> Result<u64, ApiError> {
         })
 }
 
-/// Opaque to clients: base64url of a version byte, `created_at` in ms
-/// (big-endian) and the id of the last transaction of the page.
-fn encode_cursor(position: &Position) -> String {
-    let mut raw = Vec::with_capacity(9 + position.transaction_id.len());
-    raw.push(CURSOR_VERSION);
-    raw.extend_from_slice(&position.created_ms.to_be_bytes());
-    raw.extend_from_slice(position.transaction_id.as_bytes());
+/// Opaque to clients: base64url of a version byte and the log key of the
+/// last transaction of the page (big-endian).
+fn encode_cursor(log_key: u64) -> String {
+    let mut raw = [0_u8; 9];
+    raw[0] = CURSOR_VERSION;
+    raw[1..].copy_from_slice(&log_key.to_be_bytes());
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn decode_cursor(text: &str) -> Option<Position> {
+fn decode_cursor(text: &str) -> Option<u64> {
     let raw = URL_SAFE_NO_PAD.decode(text).ok()?;
-    let (&version, rest) = raw.split_first()?;
-    if version != CURSOR_VERSION || rest.len() < 9 {
+    let (&version, key) = raw.split_first()?;
+    if version != CURSOR_VERSION {
         return None;
     }
-    let (created, id) = rest.split_at(8);
-    Some(Position {
-        created_ms: u64::from_be_bytes(created.try_into().ok()?),
-        transaction_id: String::from_utf8(id.to_vec()).ok()?,
-    })
+    Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
 // --- errors and responses ------------------------------------------------

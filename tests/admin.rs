@@ -84,7 +84,7 @@ fn check_reports_a_transaction_whose_job_is_missing() {
         let txn = db.begin_write().unwrap();
         {
             let mut jobs = txn
-                .open_table(redb::TableDefinition::<(u64, &str), ()>::new("jobs"))
+                .open_table(redb::TableDefinition::<(u64, u64), ()>::new("jobs_by_due"))
                 .unwrap();
             let first = jobs.pop_first().unwrap();
             assert!(first.is_some());

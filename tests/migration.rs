@@ -10,12 +10,42 @@ use std::path::Path;
 
 use common::{DEADLINE, Daemon, get, get_transaction, poll_until, run_to_exit, wait_processed};
 use redb::{Database, ReadableDatabase, TableDefinition};
-use webhookd::model::{Status, parse_payload};
-use webhookd::store::encoding::encode_into;
+use serde::Serialize;
 
 const TRANSACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("transactions");
 const JOBS: TableDefinition<(u64, &str), ()> = TableDefinition::new("jobs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// A schema 1 value, spelled out here independently of webhookd's own
+/// encoder: a version byte 1, then bincode (standard config) of these
+/// fields in this order.
+#[derive(Serialize)]
+struct RecordV1 {
+    source_account: &'static str,
+    destination_account: &'static str,
+    /// `rust_decimal::Decimal::serialize()`.
+    amount: [u8; 16],
+    currency: [u8; 3],
+    /// 0 = PROCESSING, 1 = PROCESSED (the enum's variant index).
+    status: u32,
+    created_at_ms: u64,
+    processed_at_ms: Option<u64>,
+}
+
+fn v1_value(amount: &str, processed_at_ms: Option<u64>, created_at_ms: u64) -> Vec<u8> {
+    let record = RecordV1 {
+        source_account: "s",
+        destination_account: "d",
+        amount: amount.parse::<rust_decimal::Decimal>().unwrap().serialize(),
+        currency: *b"EUR",
+        status: u32::from(processed_at_ms.is_some()),
+        created_at_ms,
+        processed_at_ms,
+    };
+    let mut value = vec![1];
+    value.extend(bincode::serde::encode_to_vec(&record, bincode::config::standard()).unwrap());
+    value
+}
 
 fn now_ms() -> u64 {
     common::now_millis()
@@ -31,23 +61,14 @@ fn write_version_1(dir: &Path) {
         let mut transactions = txn.open_table(TRANSACTIONS).unwrap();
         let mut jobs = txn.open_table(JOBS).unwrap();
         let hour_ago = now_ms() - 3_600_000;
-        let mut buf = Vec::new();
-        let mut put = |id: &str, amount: &str, status, processed| {
-            let body = format!(
-                r#"{{"transaction_id":"{id}","source_account":"s","destination_account":"d","amount":{amount},"currency":"eur"}}"#
-            );
-            let transaction = parse_payload(body.as_bytes()).unwrap();
-            encode_into(&transaction, status, hour_ago, processed, &mut buf);
-            transactions.insert(id, buf.as_slice()).unwrap();
+        let mut put = |id: &str, amount: &str, processed, created| {
+            transactions
+                .insert(id, v1_value(amount, processed, created).as_slice())
+                .unwrap();
         };
-        put("v1-done", "0.1", Status::Processed, Some(hour_ago + 10));
-        put(
-            "v1-overdue",
-            "12345678901234567.89",
-            Status::Processing,
-            None,
-        );
-        put("v1-later", "7", Status::Processing, None);
+        put("v1-done", "0.1", Some(hour_ago + 10), hour_ago);
+        put("v1-overdue", "12345678901234567.89", None, hour_ago + 1);
+        put("v1-later", "7", None, hour_ago + 2);
         jobs.insert((hour_ago + 30_000, "v1-overdue"), ()).unwrap();
         jobs.insert((now_ms() + 86_400_000, "v1-later"), ())
             .unwrap();
@@ -152,8 +173,7 @@ fn check_reports_a_listing_index_that_disagrees_with_the_records() {
 
     // Damage: drop the record's listing row behind webhookd's back.
     {
-        let by_status: TableDefinition<(u8, u64, &str), ()> =
-            TableDefinition::new("transactions_by_status");
+        let by_status: TableDefinition<(u8, u64), ()> = TableDefinition::new("log_by_status");
         let db = Database::open(dir.path().join("webhookd.redb")).unwrap();
         let txn = db.begin_write().unwrap();
         txn.open_table(by_status)

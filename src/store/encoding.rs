@@ -1,10 +1,10 @@
-//! How a [`Record`] is laid out in the `transactions` table.
+//! How a [`Record`] is laid out in the `log` table.
 //!
 //! Every value starts with a one-byte format version, followed by the
-//! bincode (standard config) encoding of that version's struct. The
-//! transaction id is the table key and is not repeated in the value. A new
-//! layout gets a new version byte and a decoder here; old values stay
-//! readable until a migration rewrites them.
+//! bincode (standard config) encoding of that version's struct. Version 2
+//! (written today) carries the transaction id, since the `log` table is
+//! keyed by arrival, not by id. Version 1 values (schema 1's
+//! `transactions` table, keyed by id) are read only to migrate them.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -12,11 +12,15 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Currency, NewTransaction, Record, Status};
 
 /// Version byte of the layout written today.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 
-/// Layout version 1, as written (borrows the strings it writes).
+/// Version byte of schema 1's layout (no id inside).
+pub const RECORD_VERSION_1: u8 = 1;
+
+/// Layout version 2, as written (borrows the strings it writes).
 #[derive(Serialize)]
-struct RecordV1Ref<'a> {
+struct RecordV2Ref<'a> {
+    transaction_id: &'a str,
     source_account: &'a str,
     destination_account: &'a str,
     /// `Decimal::serialize()`: 16 bytes, exact.
@@ -27,7 +31,20 @@ struct RecordV1Ref<'a> {
     processed_at_ms: Option<u64>,
 }
 
-/// Layout version 1, as read. Field order must match [`RecordV1Ref`].
+/// Layout version 2, as read. Field order must match [`RecordV2Ref`].
+#[derive(Deserialize)]
+struct RecordV2 {
+    transaction_id: String,
+    source_account: String,
+    destination_account: String,
+    amount: [u8; 16],
+    currency: [u8; 3],
+    status: Status,
+    created_at_ms: u64,
+    processed_at_ms: Option<u64>,
+}
+
+/// Layout version 1, as read: version 2 without the id.
 #[derive(Deserialize)]
 struct RecordV1 {
     source_account: String,
@@ -51,7 +68,7 @@ pub enum DecodeError {
     Malformed(String),
 }
 
-/// Encodes a record into `out` (cleared first), ready to store under its id.
+/// Encodes a record into `out` (cleared first), ready to store in the log.
 pub fn encode_into(
     transaction: &NewTransaction,
     status: Status,
@@ -61,7 +78,8 @@ pub fn encode_into(
 ) {
     out.clear();
     out.push(RECORD_VERSION);
-    let value = RecordV1Ref {
+    let value = RecordV2Ref {
+        transaction_id: &transaction.transaction_id,
         source_account: &transaction.source_account,
         destination_account: &transaction.destination_account,
         amount: transaction.amount.serialize(),
@@ -75,32 +93,60 @@ pub fn encode_into(
         .expect("encoding a record into memory cannot fail");
 }
 
-/// Decodes the value stored under `id`.
-///
-/// # Errors
-/// [`DecodeError`] if the value is from an unknown layout or damaged.
-pub fn decode(id: &str, bytes: &[u8]) -> Result<Record, DecodeError> {
-    let (&version, rest) = bytes
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], version: u8) -> Result<T, DecodeError> {
+    let (&found, rest) = bytes
         .split_first()
         .ok_or_else(|| DecodeError::Malformed("empty value".to_owned()))?;
-    if version != RECORD_VERSION {
-        return Err(DecodeError::UnknownVersion(version));
+    if found != version {
+        return Err(DecodeError::UnknownVersion(found));
     }
-    let (value, used): (RecordV1, usize) =
+    let (value, used): (T, usize) =
         bincode::serde::decode_from_slice(rest, bincode::config::standard())
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != rest.len() {
         return Err(DecodeError::Malformed("trailing bytes".to_owned()));
     }
-    let currency = Currency::from_bytes(value.currency)
-        .ok_or_else(|| DecodeError::Malformed("currency is not three letters".to_owned()))?;
+    Ok(value)
+}
+
+fn currency(bytes: [u8; 3]) -> Result<Currency, DecodeError> {
+    Currency::from_bytes(bytes)
+        .ok_or_else(|| DecodeError::Malformed("currency is not three letters".to_owned()))
+}
+
+/// Decodes a value of the `log` table.
+///
+/// # Errors
+/// [`DecodeError`] if the value is from an unknown layout or damaged.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let value: RecordV2 = body(bytes, RECORD_VERSION)?;
+    Ok(Record {
+        transaction: NewTransaction {
+            transaction_id: value.transaction_id,
+            source_account: value.source_account,
+            destination_account: value.destination_account,
+            amount: Decimal::deserialize(value.amount),
+            currency: currency(value.currency)?,
+        },
+        status: value.status,
+        created_at_ms: value.created_at_ms,
+        processed_at_ms: value.processed_at_ms,
+    })
+}
+
+/// Decodes a schema 1 value stored under `id` (for the migration).
+///
+/// # Errors
+/// [`DecodeError`] if the value is not a version 1 record.
+pub fn decode_v1(id: &str, bytes: &[u8]) -> Result<Record, DecodeError> {
+    let value: RecordV1 = body(bytes, RECORD_VERSION_1)?;
     Ok(Record {
         transaction: NewTransaction {
             transaction_id: id.to_owned(),
             source_account: value.source_account,
             destination_account: value.destination_account,
             amount: Decimal::deserialize(value.amount),
-            currency,
+            currency: currency(value.currency)?,
         },
         status: value.status,
         created_at_ms: value.created_at_ms,
@@ -133,7 +179,7 @@ mod tests {
         ] {
             encode_into(&tx, status, 1_764_000_000_123, processed, &mut buf);
             assert_eq!(buf[0], RECORD_VERSION);
-            let back = decode(&tx.transaction_id, &buf).unwrap();
+            let back = decode(&buf).unwrap();
             assert_eq!(back.transaction, tx);
             assert_eq!(back.status, status);
             assert_eq!(back.created_at_ms, 1_764_000_000_123);
@@ -152,13 +198,18 @@ mod tests {
         let mut newer = buf.clone();
         newer[0] = RECORD_VERSION + 1;
         assert!(matches!(
-            decode("x", &newer),
-            Err(DecodeError::UnknownVersion(2))
+            decode(&newer),
+            Err(DecodeError::UnknownVersion(3))
         ));
-        assert!(decode("x", &buf[..buf.len() - 3]).is_err());
-        assert!(decode("x", &[]).is_err());
+        assert!(decode(&buf[..buf.len() - 3]).is_err());
+        assert!(decode(&[]).is_err());
         let mut longer = buf.clone();
         longer.push(0);
-        assert!(decode("x", &longer).is_err());
+        assert!(decode(&longer).is_err());
+        // A version 1 value is not silently read as version 2, nor the reverse.
+        assert!(matches!(
+            decode_v1("x", &buf),
+            Err(DecodeError::UnknownVersion(2))
+        ));
     }
 }

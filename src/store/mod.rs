@@ -1,25 +1,32 @@
 //! The embedded database: tables, their encoding, opening and checking the
 //! file, reads, and (in [`writer`]) the single group-committing writer.
 //!
-//! Layout of `<data-dir>/webhookd.redb`:
-//! - `transactions`: `transaction_id` → versioned bincode [`Record`] ([`encoding`]);
-//! - `jobs`: `(due_ms, transaction_id)` → `()`, one row per transaction not
-//!   yet processed; it reads in due order and is the scheduler's index;
-//! - `transactions_by_status`: `(status, created_ms, transaction_id)` → `()`,
-//!   one row per transaction: the listing index (newest first per status);
-//! - `transactions_by_processed_at`: `(processed_ms, transaction_id)` → `()`,
-//!   one row per PROCESSED transaction: the retention index;
-//! - `meta`: `"schema_version"` → [`SCHEMA_VERSION`].
+//! Layout of `<data-dir>/webhookd.redb` (schema 2):
+//! - `log`: log key → versioned bincode [`Record`] ([`encoding`]). The log
+//!   key is `created_ms << 20 | n`: records are keyed by arrival, so new
+//!   ones append at the right edge of the B-tree and one commit writes a
+//!   few pages however many records it carries, whatever their ids;
+//! - `ids`: `transaction_id` → log key, the lookup by id. It is written in
+//!   large batches sorted by id (see [`writer`]), so each page of this
+//!   randomly-keyed table is rewritten once for many ids, not once per id.
+//!   Until then an id lives in an in-memory map rebuilt at start from the
+//!   log entries after [`INDEXED_UPTO_KEY`];
+//! - `jobs_by_due`: `(due_ms, log key)` → `()`, one row per transaction not
+//!   yet processed: the scheduler's index, in due order;
+//! - `log_by_status`: `(status, log key)` → `()`: the filtered listing index;
+//! - `log_by_processed_at`: `(processed_ms, log key)` → `()`: the retention index;
+//! - `meta`: [`SCHEMA_VERSION_KEY`] → [`SCHEMA_VERSION`], and
+//!   [`INDEXED_UPTO_KEY`] → the log key up to which every entry is in `ids`.
 //!
-//! The writer keeps both indexes in the same write transaction as the
-//! record they index, so they never disagree with it after a crash.
-//!
-//! Everything that must survive a crash is in these tables; nothing in
-//! memory is the only copy of anything acknowledged.
+//! A record, its job and its index rows are written in the same write
+//! transaction, so they never disagree after a crash. Everything that must
+//! survive a crash is in these tables; the in-memory map only caches the
+//! ids of the log's tail, and is rebuilt from it.
 
 pub mod encoding;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -39,22 +46,47 @@ pub const DB_FILE_NAME: &str = "webhookd.redb";
 /// Version of the table layout this build reads and writes. A database with
 /// a higher version was written by a newer webhookd and is refused.
 ///
-/// History: 1 had `transactions`, `jobs` and `meta`; 2 added the two
-/// indexes, which [`Store::open`] builds from the records of a version 1 file.
+/// History: 1 had `transactions` keyed by id, `jobs` and `meta`; 2 keys
+/// records by arrival (`log`) with the `ids`, listing and retention
+/// indexes. [`Store::open`] migrates a version 1 file.
 pub const SCHEMA_VERSION: u64 = 2;
 
-/// Key in [`META`] holding the schema version.
+/// Key in `meta` holding the schema version.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 
-pub(crate) const TRANSACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("transactions");
-pub(crate) const JOBS: TableDefinition<(u64, &str), ()> = TableDefinition::new("jobs");
-pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-pub(crate) const BY_STATUS: TableDefinition<(u8, u64, &str), ()> =
-    TableDefinition::new("transactions_by_status");
-pub(crate) const BY_PROCESSED: TableDefinition<(u64, &str), ()> =
-    TableDefinition::new("transactions_by_processed_at");
+/// Key in `meta`: every log entry with a key up to this one is in `ids`.
+pub const INDEXED_UPTO_KEY: &str = "ids_complete_upto";
 
-/// A status as the first field of a `transactions_by_status` key.
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
+pub(crate) const JOBS: TableDefinition<(u64, u64), ()> = TableDefinition::new("jobs_by_due");
+pub(crate) const BY_STATUS: TableDefinition<(u8, u64), ()> = TableDefinition::new("log_by_status");
+pub(crate) const BY_PROCESSED: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("log_by_processed_at");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Schema 1's tables, read once by the migration and then deleted.
+const V1_TRANSACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("transactions");
+const V1_JOBS: TableDefinition<(u64, &str), ()> = TableDefinition::new("jobs");
+
+/// Bits of a log key below the creation time.
+const LOG_KEY_SHIFT: u32 = 20;
+
+/// The smallest log key of a record created at `ms`.
+#[must_use]
+pub fn first_log_key_at(ms: u64) -> u64 {
+    ms.checked_shl(LOG_KEY_SHIFT)
+        .filter(|k| k >> LOG_KEY_SHIFT == ms)
+        .unwrap_or(u64::MAX)
+}
+
+/// The log key for a record created at `ms`, after `previous`.
+#[must_use]
+pub fn next_log_key(previous: u64, ms: u64) -> u64 {
+    first_log_key_at(ms).max(previous.saturating_add(1))
+}
+
+/// A status as the first field of a `log_by_status` key.
 #[must_use]
 pub fn status_key(status: Status) -> u8 {
     match status {
@@ -63,21 +95,12 @@ pub fn status_key(status: Status) -> u8 {
     }
 }
 
-/// Most records indexed per write transaction when a version 1 file is
+/// Most records written per write transaction when a version 1 file is
 /// migrated; bounds the memory of one migration commit.
 const MIGRATION_CHUNK: usize = 50_000;
 
 /// Most transactions one listing page may hold (`limit`).
 pub const MAX_PAGE: usize = 1000;
-
-/// Where a listing page starts: just after (older than) this transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    /// `created_at` of the last transaction of the previous page, ms.
-    pub created_ms: u64,
-    /// Its id (ties in `created_at` are ordered by id).
-    pub transaction_id: String,
-}
 
 /// A listing request: which transactions, newest first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +113,8 @@ pub struct ListQuery {
     pub created_before_ms: Option<u64>,
     /// At most this many (1..=[`MAX_PAGE`]).
     pub limit: usize,
-    /// Continue after this position.
-    pub after: Option<Position>,
+    /// Continue with those older than this log key (a cursor).
+    pub after: Option<u64>,
 }
 
 /// One page of a listing.
@@ -99,8 +122,8 @@ pub struct ListQuery {
 pub struct Page {
     /// Transactions, newest first.
     pub transactions: Vec<Record>,
-    /// Where the next page starts, if there may be more.
-    pub next: Option<Position>,
+    /// The log key to continue after, if there may be more.
+    pub next: Option<u64>,
 }
 
 /// Why the store could not be opened. Each message names the path and says
@@ -137,6 +160,16 @@ pub enum OpenError {
         /// Highest version this build understands.
         supported: u64,
     },
+    /// A schema 1 file could not be migrated; it was left as it was.
+    #[error(
+        "cannot migrate database {path} to schema version {SCHEMA_VERSION}: {reason}; the file was not changed"
+    )]
+    Migration {
+        /// The database file.
+        path: PathBuf,
+        /// What stopped the migration.
+        reason: String,
+    },
     /// redb refused the file (I/O error, not a redb file, unsupported file format).
     #[error("cannot open database {path}: {source}")]
     Database {
@@ -159,10 +192,10 @@ pub enum StoreError {
     #[error("the database is being reopened after a storage error")]
     Reopening,
     /// A stored record cannot be decoded.
-    #[error("stored record {id:?} cannot be read: {source}")]
+    #[error("stored record {key} cannot be read: {source}")]
     Corrupt {
-        /// Key of the record.
-        id: String,
+        /// Log key of the record.
+        key: u64,
         /// Why it does not decode.
         #[source]
         source: encoding::DecodeError,
@@ -175,13 +208,13 @@ impl StoreError {
     }
 }
 
-/// A pending processing job: the row `(due_ms, id)` of the jobs table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A pending processing job: the row `(due_ms, log_key)` of the jobs table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Job {
     /// When the job falls due, milliseconds since the Unix epoch.
     pub due_ms: u64,
-    /// The transaction to process.
-    pub transaction_id: String,
+    /// The log key of the transaction to process.
+    pub log_key: u64,
 }
 
 /// Largest backlog [`Store::job_stats`] counts exactly.
@@ -196,6 +229,21 @@ pub struct JobStats {
     pub due: u64,
     /// Due time of the earliest pending job.
     pub earliest_due_ms: Option<u64>,
+}
+
+/// Every index row, for `webhookd check`.
+#[derive(Debug, Default)]
+pub struct IndexRows {
+    /// `ids`: id → log key.
+    pub ids: Vec<(String, u64)>,
+    /// `log_by_status`: (status, log key).
+    pub by_status: Vec<(u8, u64)>,
+    /// `log_by_processed_at`: (processed ms, log key).
+    pub by_processed: Vec<(u64, u64)>,
+    /// Every jobs row.
+    pub jobs: Vec<Job>,
+    /// [`INDEXED_UPTO_KEY`].
+    pub indexed_upto: u64,
 }
 
 /// How long a reopen waits for in-flight reads to let go of the old handle.
@@ -213,6 +261,11 @@ struct Shared {
     /// `None` only while a reopen after a storage error has not succeeded.
     /// Readers hold the lock just long enough to clone the `Arc`.
     db: RwLock<Option<Arc<Database>>>,
+    /// Log entries not yet in the `ids` table: id → log key. The writer
+    /// adds an entry in the same batch as the log entry, and removes it
+    /// only after the commit that put it into `ids`; so every stored
+    /// transaction is always findable through this map or `ids`.
+    unindexed: RwLock<HashMap<Box<str>, u64>>,
 }
 
 impl Store {
@@ -257,11 +310,22 @@ impl Store {
         let db = open_writable(&path).map_err(&database_error)?;
         let found = read_schema_version(&db).map_err(&database_error)?;
         check_schema_version(&path, found)?;
+        if found == Some(1) {
+            migrate_from_v1(&db).map_err(|e| match e {
+                MigrationError::Storage(e) => database_error(e),
+                MigrationError::Record(reason) => OpenError::Migration {
+                    path: path.clone(),
+                    reason,
+                },
+            })?;
+        }
         initialise(&db).map_err(&database_error)?;
+        let unindexed = load_unindexed(&db).map_err(&database_error)?;
         Ok(Store {
             shared: Arc::new(Shared {
                 path,
                 db: RwLock::new(Some(Arc::new(db))),
+                unindexed: RwLock::new(unindexed),
             }),
         })
     }
@@ -315,21 +379,62 @@ impl Store {
         Ok(())
     }
 
-    /// Reads one transaction.
+    /// The map of log entries not yet in `ids`.
+    pub(crate) fn unindexed(&self) -> &RwLock<HashMap<Box<str>, u64>> {
+        &self.shared.unindexed
+    }
+
+    /// Reads one transaction by id.
     pub fn get(&self, transaction_id: &str) -> Result<Option<Record>, StoreError> {
+        // The map is read before the read transaction begins: an entry
+        // leaves the map only after the commit that put it into `ids`, so
+        // a miss here means `ids` in the snapshot below has it (or it was
+        // never acknowledged).
+        let hint = self
+            .shared
+            .unindexed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(transaction_id)
+            .copied();
         // The handle stays alive for the whole read, so a reopen waits for it.
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
-        let table = txn.open_table(TRANSACTIONS).map_err(StoreError::storage)?;
-        let Some(value) = table.get(transaction_id).map_err(StoreError::storage)? else {
+        let log = txn.open_table(LOG).map_err(StoreError::storage)?;
+        if let Some(key) = hint
+            && let Some(record) = read_record(&log, key)?
+            && record.transaction.transaction_id == transaction_id
+        {
+            return Ok(Some(record));
+        }
+        let ids = txn.open_table(IDS).map_err(StoreError::storage)?;
+        let Some(key) = ids.get(transaction_id).map_err(StoreError::storage)? else {
             return Ok(None);
         };
-        encoding::decode(transaction_id, value.value())
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                id: transaction_id.to_owned(),
-                source,
-            })
+        Ok(read_record(&log, key.value())?
+            .filter(|record| record.transaction.transaction_id == transaction_id))
+    }
+
+    /// The highest log key in use (0 for an empty log).
+    pub(crate) fn last_log_key(&self) -> Result<u64, StoreError> {
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
+        let log = txn.open_table(LOG).map_err(StoreError::storage)?;
+        Ok(log
+            .last()
+            .map_err(StoreError::storage)?
+            .map_or(0, |(key, _)| key.value()))
+    }
+
+    /// [`INDEXED_UPTO_KEY`] as committed.
+    pub(crate) fn indexed_upto(&self) -> Result<u64, StoreError> {
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
+        let meta = txn.open_table(META).map_err(StoreError::storage)?;
+        Ok(meta
+            .get(INDEXED_UPTO_KEY)
+            .map_err(StoreError::storage)?
+            .map_or(0, |v| v.value()))
     }
 
     /// Up to `limit` jobs due at or before `now_ms`, earliest first.
@@ -340,14 +445,11 @@ impl Store {
         let mut jobs = Vec::new();
         for row in table.iter().map_err(StoreError::storage)?.take(limit) {
             let (key, _) = row.map_err(StoreError::storage)?;
-            let (due_ms, id) = key.value();
+            let (due_ms, log_key) = key.value();
             if due_ms > now_ms {
                 break;
             }
-            jobs.push(Job {
-                due_ms,
-                transaction_id: id.to_owned(),
-            });
+            jobs.push(Job { due_ms, log_key });
         }
         Ok(jobs)
     }
@@ -371,134 +473,142 @@ impl Store {
         table.len().map_err(StoreError::storage)
     }
 
-    /// Visits every stored transaction in id order, inside one read
+    /// Visits every stored transaction in arrival order, inside one read
     /// transaction (a consistent snapshot); stops when `visit` returns false.
     pub fn for_each_transaction(
         &self,
-        mut visit: impl FnMut(&str, Result<Record, encoding::DecodeError>) -> bool,
+        mut visit: impl FnMut(u64, Result<Record, encoding::DecodeError>) -> bool,
     ) -> Result<(), StoreError> {
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
-        let table = txn.open_table(TRANSACTIONS).map_err(StoreError::storage)?;
+        let table = txn.open_table(LOG).map_err(StoreError::storage)?;
         for row in table.iter().map_err(StoreError::storage)? {
             let (key, value) = row.map_err(StoreError::storage)?;
-            let id = key.value();
-            if !visit(id, encoding::decode(id, value.value())) {
+            if !visit(key.value(), encoding::decode(value.value())) {
                 break;
             }
         }
         Ok(())
     }
 
-    /// One page of transactions, newest first (by `created_at`, then id,
-    /// descending), read from the status index in one read transaction.
+    /// One page of transactions, newest first (by log key, which orders by
+    /// `created_at`), in one read transaction: a range of the log itself,
+    /// or of the status index when filtering by status.
     ///
-    /// Paging is stable while transactions arrive: new ones are newer than
-    /// any position already handed out, so they never shift a later page;
-    /// a transaction changing status keeps its place in an unfiltered list.
+    /// Paging is stable while transactions arrive: new ones get larger log
+    /// keys than any cursor already handed out, so they never shift a
+    /// later page; a transaction changing status keeps its place in an
+    /// unfiltered list.
     pub fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
-        let index = txn.open_table(BY_STATUS).map_err(StoreError::storage)?;
-        let records = txn.open_table(TRANSACTIONS).map_err(StoreError::storage)?;
-        let low = query.created_after_ms.map_or(0, |ms| ms.saturating_add(1));
-        // Newest first: each status's range read backwards, then merged.
-        let statuses: &[Status] = match query.status {
-            Some(Status::Processing) => &[Status::Processing],
-            Some(Status::Processed) => &[Status::Processed],
-            None => &[Status::Processing, Status::Processed],
-        };
-        let mut ranges = Vec::with_capacity(statuses.len());
-        for &status in statuses {
-            let s = status_key(status);
-            let start = (s, low, "");
-            let end: (u8, u64, &str) = match (&query.after, query.created_before_ms) {
-                (Some(after), Some(before)) if before <= after.created_ms => (s, before, ""),
-                (Some(after), _) => (s, after.created_ms, after.transaction_id.as_str()),
-                (None, Some(before)) => (s, before, ""),
-                (None, None) => (s + 1, 0, ""),
-            };
-            if start >= end {
-                continue;
-            }
-            let range = index.range(start..end).map_err(StoreError::storage)?;
-            ranges.push(range.rev().peekable());
-        }
-        let mut keys: Vec<(u64, String)> = Vec::with_capacity(query.limit + 1);
-        while keys.len() <= query.limit {
-            // The newest head among the ranges.
-            let mut best: Option<(usize, (u64, String))> = None;
-            for (i, range) in ranges.iter_mut().enumerate() {
-                let Some(head) = range.peek() else { continue };
-                let Ok((key, _)) = head else {
-                    // Surface the error through next().
-                    if let Some(Err(e)) = range.next() {
-                        return Err(StoreError::storage(e));
+        let log = txn.open_table(LOG).map_err(StoreError::storage)?;
+        let low = query
+            .created_after_ms
+            .map_or(0, |ms| first_log_key_at(ms.saturating_add(1)));
+        let high = query
+            .created_before_ms
+            .map_or(u64::MAX, first_log_key_at)
+            .min(query.after.unwrap_or(u64::MAX));
+        // One more than asked for, to know whether another page follows.
+        let wanted = query.limit.saturating_add(1);
+        let mut found: Vec<(u64, Record)> = Vec::with_capacity(wanted.min(1024));
+        if low < high {
+            match query.status {
+                None => {
+                    for row in log
+                        .range(low..high)
+                        .map_err(StoreError::storage)?
+                        .rev()
+                        .take(wanted)
+                    {
+                        let (key, value) = row.map_err(StoreError::storage)?;
+                        let key = key.value();
+                        let record = encoding::decode(value.value())
+                            .map_err(|source| StoreError::Corrupt { key, source })?;
+                        found.push((key, record));
                     }
-                    continue;
-                };
-                let (_, created, id) = key.value();
-                if best
-                    .as_ref()
-                    .is_none_or(|(_, (c, i))| (created, id) > (*c, i.as_str()))
-                {
-                    best = Some((i, (created, id.to_owned())));
+                }
+                Some(status) => {
+                    let index = txn.open_table(BY_STATUS).map_err(StoreError::storage)?;
+                    let s = status_key(status);
+                    for row in index
+                        .range((s, low)..(s, high))
+                        .map_err(StoreError::storage)?
+                        .rev()
+                        .take(wanted)
+                    {
+                        let (key, _) = row.map_err(StoreError::storage)?;
+                        let key = key.value().1;
+                        if let Some(record) = read_record(&log, key)? {
+                            found.push((key, record));
+                        } else {
+                            tracing::error!(log_key = key, "listing index names a missing record");
+                        }
+                    }
                 }
             }
-            let Some((i, key)) = best else { break };
-            ranges[i].next();
-            keys.push(key);
         }
-        let next = if keys.len() > query.limit {
-            keys.truncate(query.limit);
-            keys.last().map(|(created_ms, id)| Position {
-                created_ms: *created_ms,
-                transaction_id: id.clone(),
-            })
-        } else {
-            None
-        };
-        let mut transactions = Vec::with_capacity(keys.len());
-        for (_, id) in &keys {
-            let Some(value) = records.get(id.as_str()).map_err(StoreError::storage)? else {
-                // The index and the records are written in one transaction;
-                // `webhookd check` reports a mismatch. Skip rather than fail.
-                tracing::error!(transaction_id = %id, "listing index names a missing transaction");
-                continue;
-            };
-            let record =
-                encoding::decode(id, value.value()).map_err(|source| StoreError::Corrupt {
-                    id: id.clone(),
-                    source,
-                })?;
-            transactions.push(record);
+        let mut next = None;
+        if found.len() > query.limit {
+            found.truncate(query.limit);
+            // The cursor is the key of the last transaction returned.
+            next = found.last().map(|(key, _)| *key);
         }
-        Ok(Page { transactions, next })
+        Ok(Page {
+            transactions: found.into_iter().map(|(_, record)| record).collect(),
+            next,
+        })
     }
-
-    /// Visits every row of the listing index as `(status, created_ms, id)`,
-    /// then every row of the retention index as `(processed_ms, id)`, in
-    /// one read transaction (for `webhookd check`).
-    pub fn for_each_index_row(
-        &self,
-        mut status_row: impl FnMut(u8, u64, &str),
-        mut processed_row: impl FnMut(u64, &str),
-    ) -> Result<(), StoreError> {
+    /// Every index row (for `webhookd check`), from one read transaction.
+    pub fn index_rows(&self) -> Result<IndexRows, StoreError> {
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
-        let by_status = txn.open_table(BY_STATUS).map_err(StoreError::storage)?;
-        for row in by_status.iter().map_err(StoreError::storage)? {
-            let (key, _) = row.map_err(StoreError::storage)?;
-            let (status, created, id) = key.value();
-            status_row(status, created, id);
+        let mut rows = IndexRows::default();
+        for row in txn
+            .open_table(IDS)
+            .map_err(StoreError::storage)?
+            .iter()
+            .map_err(StoreError::storage)?
+        {
+            let (id, key) = row.map_err(StoreError::storage)?;
+            rows.ids.push((id.value().to_owned(), key.value()));
         }
-        let by_processed = txn.open_table(BY_PROCESSED).map_err(StoreError::storage)?;
-        for row in by_processed.iter().map_err(StoreError::storage)? {
+        for row in txn
+            .open_table(BY_STATUS)
+            .map_err(StoreError::storage)?
+            .iter()
+            .map_err(StoreError::storage)?
+        {
             let (key, _) = row.map_err(StoreError::storage)?;
-            let (processed, id) = key.value();
-            processed_row(processed, id);
+            rows.by_status.push(key.value());
         }
-        Ok(())
+        for row in txn
+            .open_table(BY_PROCESSED)
+            .map_err(StoreError::storage)?
+            .iter()
+            .map_err(StoreError::storage)?
+        {
+            let (key, _) = row.map_err(StoreError::storage)?;
+            rows.by_processed.push(key.value());
+        }
+        for row in txn
+            .open_table(JOBS)
+            .map_err(StoreError::storage)?
+            .iter()
+            .map_err(StoreError::storage)?
+        {
+            let (key, _) = row.map_err(StoreError::storage)?;
+            let (due_ms, log_key) = key.value();
+            rows.jobs.push(Job { due_ms, log_key });
+        }
+        rows.indexed_upto = txn
+            .open_table(META)
+            .map_err(StoreError::storage)?
+            .get(INDEXED_UPTO_KEY)
+            .map_err(StoreError::storage)?
+            .map_or(0, |v| v.value());
+        Ok(rows)
     }
 
     /// Every pending job, earliest first.
@@ -536,6 +646,19 @@ impl Store {
     }
 }
 
+/// The record under `key`, if any.
+fn read_record(
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    key: u64,
+) -> Result<Option<Record>, StoreError> {
+    let Some(value) = log.get(key).map_err(StoreError::storage)? else {
+        return Ok(None);
+    };
+    encoding::decode(value.value())
+        .map(Some)
+        .map_err(|source| StoreError::Corrupt { key, source })
+}
+
 fn open_writable(path: &Path) -> Result<Database, redb::Error> {
     Ok(Database::builder()
         .set_cache_size(CACHE_BYTES)
@@ -564,85 +687,170 @@ fn check_schema_version(path: &Path, found: Option<u64>) -> Result<(), OpenError
 }
 
 /// Creates the tables and records the schema version in a new file; a file
-/// at the current version is left as it is; a version 1 file is migrated.
+/// at the current version is left as it is.
 fn initialise(db: &Database) -> Result<(), redb::Error> {
-    match read_schema_version(db)? {
-        Some(SCHEMA_VERSION) => return Ok(()),
-        Some(1) => migrate_from_v1(db)?,
-        _ => {}
+    if read_schema_version(db)? == Some(SCHEMA_VERSION) {
+        return Ok(());
     }
     let txn = db.begin_write()?;
     {
-        txn.open_table(TRANSACTIONS)?;
+        txn.open_table(LOG)?;
+        txn.open_table(IDS)?;
         txn.open_table(JOBS)?;
         txn.open_table(BY_STATUS)?;
         txn.open_table(BY_PROCESSED)?;
-        txn.open_table(META)?
-            .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+        let mut meta = txn.open_table(META)?;
+        meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+        if meta.get(INDEXED_UPTO_KEY)?.is_none() {
+            meta.insert(INDEXED_UPTO_KEY, 0)?;
+        }
     }
     txn.commit()?;
     Ok(())
 }
 
-/// Builds the version 2 indexes from the records of a version 1 file, in
-/// chunks of [`MIGRATION_CHUNK`] records per commit. Rerunning it after a
-/// crash part-way is safe: the version stays 1 until the caller's final
-/// commit, and indexing a record twice writes the same keys again.
-fn migrate_from_v1(db: &Database) -> Result<(), redb::Error> {
+/// The ids of the log entries after [`INDEXED_UPTO_KEY`]: those the writer
+/// had not yet put into `ids` when the daemon stopped. At most a few
+/// merge cycles' worth, so this takes milliseconds.
+fn load_unindexed(db: &Database) -> Result<HashMap<Box<str>, u64>, redb::Error> {
+    let txn = db.begin_read()?;
+    let upto = txn
+        .open_table(META)?
+        .get(INDEXED_UPTO_KEY)?
+        .map_or(0, |v| v.value());
+    let log = txn.open_table(LOG)?;
+    let mut unindexed = HashMap::new();
+    for row in log.range(upto.saturating_add(1)..)? {
+        let (key, value) = row?;
+        match encoding::decode(value.value()) {
+            Ok(record) => {
+                unindexed.insert(
+                    record.transaction.transaction_id.into_boxed_str(),
+                    key.value(),
+                );
+            }
+            Err(e) => {
+                tracing::error!(log_key = key.value(), error = %e, "record does not decode; not findable by id");
+            }
+        }
+    }
+    Ok(unindexed)
+}
+
+enum MigrationError {
+    Storage(redb::Error),
+    Record(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for MigrationError {
+    fn from(e: E) -> Self {
+        MigrationError::Storage(e.into())
+    }
+}
+
+/// Rewrites a version 1 file (records keyed by id) into schema 2: every
+/// record into the log in creation order, with its `ids`, listing and
+/// retention rows, and every job re-keyed to its record's log key.
+///
+/// Every record is decoded before anything is written, so a file with a
+/// damaged record is refused unchanged. The new tables are filled in
+/// chunks of [`MIGRATION_CHUNK`] records per commit; the old tables are
+/// dropped and the version set to 2 in the last commit, so a crash
+/// part-way leaves a version 1 file whose half-built new tables the next
+/// attempt clears first.
+fn migrate_from_v1(db: &Database) -> Result<(), MigrationError> {
     let started = Instant::now();
-    let mut resume: Option<String> = None;
-    let mut indexed = 0_u64;
-    loop {
+    // (created_ms, id, record), in creation order.
+    let mut records = Vec::new();
+    let mut v1_jobs = Vec::new();
+    {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(V1_TRANSACTIONS)?;
+        for row in table.iter()? {
+            let (id, value) = row?;
+            let id = id.value();
+            let record = encoding::decode_v1(id, value.value()).map_err(|e| {
+                MigrationError::Record(format!("record {id:?} does not decode: {e}"))
+            })?;
+            records.push(record);
+        }
+        if let Ok(jobs) = txn.open_table(V1_JOBS) {
+            for row in jobs.iter()? {
+                let (key, _) = row?;
+                let (due, id) = key.value();
+                v1_jobs.push((due, id.to_owned()));
+            }
+        }
+    }
+    records.sort_by(|a, b| {
+        (a.created_at_ms, &a.transaction.transaction_id)
+            .cmp(&(b.created_at_ms, &b.transaction.transaction_id))
+    });
+    // Clear what an interrupted earlier attempt may have left.
+    let txn = db.begin_write()?;
+    txn.delete_table(LOG)?;
+    txn.delete_table(IDS)?;
+    txn.delete_table(JOBS)?;
+    txn.delete_table(BY_STATUS)?;
+    txn.delete_table(BY_PROCESSED)?;
+    txn.commit()?;
+
+    let mut key_of: HashMap<String, u64> = HashMap::with_capacity(records.len());
+    let mut last_key = 0;
+    let mut buf = Vec::new();
+    for chunk in records.chunks(MIGRATION_CHUNK) {
         let txn = db.begin_write()?;
-        let mut done = true;
         {
-            let records = txn.open_table(TRANSACTIONS)?;
+            let mut log = txn.open_table(LOG)?;
+            let mut ids = txn.open_table(IDS)?;
             let mut by_status = txn.open_table(BY_STATUS)?;
             let mut by_processed = txn.open_table(BY_PROCESSED)?;
-            let rows = match &resume {
-                Some(last) => records.range::<&str>((
-                    std::ops::Bound::Excluded(last.as_str()),
-                    std::ops::Bound::Unbounded,
-                ))?,
-                None => records.iter()?,
-            };
-            let mut in_chunk = 0;
-            for row in rows {
-                let (key, value) = row?;
-                let id = key.value();
-                in_chunk += 1;
-                if in_chunk > MIGRATION_CHUNK {
-                    done = false;
-                    break;
+            for record in chunk {
+                last_key = next_log_key(last_key, record.created_at_ms);
+                let id = record.transaction.transaction_id.as_str();
+                encoding::encode_into(
+                    &record.transaction,
+                    record.status,
+                    record.created_at_ms,
+                    record.processed_at_ms,
+                    &mut buf,
+                );
+                log.insert(last_key, buf.as_slice())?;
+                ids.insert(id, last_key)?;
+                by_status.insert((status_key(record.status), last_key), ())?;
+                if let (Status::Processed, Some(at)) = (record.status, record.processed_at_ms) {
+                    by_processed.insert((at, last_key), ())?;
                 }
-                resume = Some(id.to_owned());
-                match encoding::decode(id, value.value()) {
-                    Ok(record) => {
-                        by_status
-                            .insert((status_key(record.status), record.created_at_ms, id), ())?;
-                        if let (Status::Processed, Some(at)) =
-                            (record.status, record.processed_at_ms)
-                        {
-                            by_processed.insert((at, id), ())?;
-                        }
-                        indexed += 1;
-                    }
-                    // Left as it is; `webhookd check` reports it.
-                    Err(e) => {
-                        tracing::error!(transaction_id = id, error = %e, "record does not decode; not indexed");
-                    }
-                }
+                key_of.insert(id.to_owned(), last_key);
             }
         }
         txn.commit()?;
-        if done {
-            break;
-        }
     }
+    let txn = db.begin_write()?;
+    {
+        let mut jobs = txn.open_table(JOBS)?;
+        for (due, id) in &v1_jobs {
+            match key_of.get(id) {
+                Some(&key) => {
+                    jobs.insert((*due, key), ())?;
+                }
+                None => {
+                    tracing::warn!(transaction_id = %id, "schema 1 job without a transaction; dropped");
+                }
+            }
+        }
+        txn.delete_table(V1_TRANSACTIONS)?;
+        txn.delete_table(V1_JOBS)?;
+        let mut meta = txn.open_table(META)?;
+        meta.insert(INDEXED_UPTO_KEY, last_key)?;
+        meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+    }
+    txn.commit()?;
     tracing::info!(
-        transactions = indexed,
+        transactions = records.len(),
+        jobs = v1_jobs.len(),
         elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "migrated the database from schema version 1 to 2 (built the listing and retention indexes)"
+        "migrated the database from schema version 1 to 2"
     );
     Ok(())
 }

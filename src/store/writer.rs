@@ -14,7 +14,7 @@
 //!   operation after an I/O error until it is), so the daemon recovers from
 //!   a full disk without a restart.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +22,8 @@ use redb::{Database, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BY_PROCESSED, BY_STATUS, JOBS, Job, META, Store, StoreError, TRANSACTIONS, encoding, status_key,
+    BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, Store, StoreError,
+    encoding, next_log_key, status_key,
 };
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
@@ -30,6 +31,19 @@ use crate::model::{NewTransaction, Status};
 /// Most commands applied in one write transaction. Bounds the time one
 /// commit holds its callers and the memory of one batch.
 pub const MAX_BATCH: usize = 2048;
+
+/// Ids not yet in the `ids` table that start a merge cycle.
+pub const MERGE_THRESHOLD: usize = 65_536;
+
+/// Ids a merge cycle puts into `ids` per batch while webhooks are flowing:
+/// small, so the extra pages one commit writes stay few.
+pub const MERGE_CHUNK: usize = 512;
+
+/// Ids merged per batch when the writer is otherwise idle.
+pub const IDLE_MERGE_CHUNK: usize = 16_384;
+
+/// How often the writer is nudged to merge while idle.
+const MERGE_TICK: Duration = Duration::from_millis(250);
 
 /// Default capacity of the queue in front of the writer (`--queue-depth`).
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
@@ -93,6 +107,8 @@ enum Command {
         limit: usize,
         reply: oneshot::Sender<Result<u64, WriteError>>,
     },
+    /// Periodic nudge: merge unindexed ids while there is time.
+    Tick,
 }
 
 /// Cloneable handle for sending commands to the writer. The writer thread
@@ -185,7 +201,13 @@ pub fn spawn(
 ) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
     let (queue, commands) = mpsc::channel(queue_depth.max(1));
     let last_failure = Arc::new(Mutex::new(None));
+    let next_key = store.last_log_key().map_err(std::io::Error::other)?;
+    let indexed_upto = store.indexed_upto().map_err(std::io::Error::other)?;
     let writer = Writer {
+        next_key,
+        indexed_upto,
+        cycle: None,
+        added: Vec::new(),
         store,
         needs_reopen: false,
         last_reopen: None,
@@ -198,6 +220,20 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("store-writer".to_owned())
         .spawn(move || writer.run(commands, &on_new_jobs))?;
+    // Holds only a weak sender, so it never keeps the writer alive.
+    let ticker = queue.downgrade();
+    std::thread::Builder::new()
+        .name("store-merge-tick".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(MERGE_TICK);
+                let Some(queue) = ticker.upgrade() else {
+                    return;
+                };
+                // A full queue means the writer is busy, and merging anyway.
+                let _ = queue.try_send(Command::Tick);
+            }
+        })?;
     Ok((
         WriterHandle {
             queue,
@@ -209,6 +245,15 @@ pub fn spawn(
 
 struct Writer {
     store: Store,
+    /// The highest log key handed out (committed, or in the current batch).
+    next_key: u64,
+    /// Committed [`INDEXED_UPTO_KEY`]: every log entry up to it is in `ids`.
+    indexed_upto: u64,
+    /// The merge cycle in progress, if any.
+    cycle: Option<MergeCycle>,
+    /// Ids this batch put into the unindexed map, removed again if its
+    /// commit fails.
+    added: Vec<(Box<str>, u64)>,
     /// A write failed; the database must be reopened before the next one.
     needs_reopen: bool,
     last_reopen: Option<Instant>,
@@ -219,6 +264,17 @@ struct Writer {
     last_now_ms: u64,
     buf: Vec<u8>,
     metrics: Arc<Metrics>,
+}
+
+/// Putting the ids of the log's tail into the `ids` table: a snapshot of
+/// the unindexed map, sorted by id, written a chunk per batch. Sorted
+/// chunks over a large set rewrite each page of `ids` once for many ids.
+struct MergeCycle {
+    entries: Vec<(Box<str>, u64)>,
+    /// Entries before this one are committed to `ids`.
+    done: usize,
+    /// Every log entry up to this key is in `entries` or already in `ids`.
+    upto: u64,
 }
 
 /// What a committed batch did.
@@ -233,6 +289,8 @@ struct Applied {
     processed: u64,
     /// Transactions it deleted (retention).
     purged: u64,
+    /// Merge cycle entries it committed to `ids` (a range of the cycle).
+    merged: Option<(usize, usize)>,
 }
 
 /// Per-command result of applying a batch, sent only after the commit.
@@ -252,6 +310,17 @@ impl Writer {
                     Ok(command) => batch.push(command),
                     Err(_) => break,
                 }
+            }
+            let only_ticks = batch.iter().all(|c| matches!(c, Command::Tick));
+            // Merging can wait: no tick work while writes are failing (a
+            // failed commit forces a reopen), or when there is none.
+            let failing = self.needs_reopen
+                || lock(&self.last_failure)
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() < FAILURE_MEMORY);
+            if only_ticks && (failing || (self.cycle.is_none() && self.unindexed_len() == 0)) {
+                batch.clear();
+                continue;
             }
             if self.needs_reopen && !self.try_reopen() {
                 let error = WriteError::Storage(
@@ -294,7 +363,75 @@ impl Writer {
     /// jobs it added.
     fn apply(&mut self, batch: &[Command], now_ms: u64) -> Result<Applied, StoreError> {
         let db = self.store.handle()?;
-        Ok(self.apply_in(&db, batch, now_ms)?)
+        let first_key = self.next_key;
+        self.added.clear();
+        match self.apply_in(&db, batch, now_ms) {
+            Ok(applied) => {
+                if let Some((from, to)) = applied.merged {
+                    self.finish_merge_chunk(from, to);
+                }
+                Ok(applied)
+            }
+            Err(e) => {
+                // Nothing of the batch is stored: forget its ids and keys.
+                let mut unindexed = write_lock(self.store.unindexed());
+                for (id, key) in self.added.drain(..) {
+                    if unindexed.get(&id) == Some(&key) {
+                        unindexed.remove(&id);
+                    }
+                }
+                self.next_key = first_key;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn unindexed_len(&self) -> usize {
+        self.store
+            .unindexed()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Starts a merge cycle over every committed log entry not yet in `ids`.
+    fn start_merge_cycle(&mut self) {
+        let mut entries: Vec<(Box<str>, u64)> = self
+            .store
+            .unindexed()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, key)| (id.clone(), *key))
+            .collect();
+        entries.sort_unstable();
+        self.cycle = Some(MergeCycle {
+            entries,
+            done: 0,
+            upto: self.next_key,
+        });
+    }
+
+    /// After the commit of a merge chunk: its ids are in `ids` now, so they
+    /// leave the map; the cycle's end moves [`INDEXED_UPTO_KEY`].
+    fn finish_merge_chunk(&mut self, from: usize, to: usize) {
+        let Some(cycle) = &mut self.cycle else { return };
+        {
+            let mut unindexed = write_lock(self.store.unindexed());
+            for (id, key) in &cycle.entries[from..to] {
+                if unindexed.get(id) == Some(key) {
+                    unindexed.remove(id);
+                }
+            }
+            if to == cycle.entries.len() && unindexed.capacity() > 4 * unindexed.len() + 1024 {
+                unindexed.shrink_to_fit();
+            }
+        }
+        cycle.done = to;
+        if to == cycle.entries.len() {
+            self.indexed_upto = cycle.upto;
+            self.cycle = None;
+        }
     }
 
     fn apply_in(
@@ -313,9 +450,20 @@ impl Writer {
         let mut probed = false;
         let mut processed = 0;
         let mut purged = 0;
+        let mut merged = None;
+        let only_ticks = batch.iter().all(|c| matches!(c, Command::Tick));
+        // A cycle starts before this batch's own acceptances, so it holds
+        // only committed log entries.
+        if self.cycle.is_none() {
+            let waiting = self.unindexed_len();
+            if waiting >= MERGE_THRESHOLD || (only_ticks && waiting > 0) {
+                self.start_merge_cycle();
+            }
+        }
         {
             let mut tables = Tables {
-                transactions: txn.open_table(TRANSACTIONS)?,
+                log: txn.open_table(LOG)?,
+                ids: txn.open_table(IDS)?,
                 jobs: txn.open_table(JOBS)?,
                 by_status: txn.open_table(BY_STATUS)?,
                 by_processed: txn.open_table(BY_PROCESSED)?,
@@ -344,7 +492,8 @@ impl Writer {
                         limit,
                         ..
                     } => {
-                        let deleted = purge(&mut tables, *processed_before_ms, *limit)?;
+                        let deleted =
+                            purge(&mut tables, *processed_before_ms, *limit, self.indexed_upto)?;
                         wrote_data |= deleted > 0;
                         purged += deleted;
                         outcomes.push(Outcome::Purged(deleted));
@@ -354,10 +503,27 @@ impl Writer {
                         txn.open_table(META)?.insert(HEALTH_PROBE_KEY, now_ms)?;
                         outcomes.push(Outcome::Done);
                     }
+                    Command::Tick => outcomes.push(Outcome::Done),
                 }
             }
+            if let Some(cycle) = &self.cycle {
+                let chunk = if only_ticks {
+                    IDLE_MERGE_CHUNK
+                } else {
+                    MERGE_CHUNK
+                };
+                let from = cycle.done;
+                let to = (from + chunk).min(cycle.entries.len());
+                for (id, key) in &cycle.entries[from..to] {
+                    tables.ids.insert(&**id, *key)?;
+                }
+                if to == cycle.entries.len() {
+                    txn.open_table(META)?.insert(INDEXED_UPTO_KEY, cycle.upto)?;
+                }
+                merged = Some((from, to));
+            }
         }
-        if wrote_data || probed {
+        if wrote_data || probed || merged.is_some() {
             let started = Instant::now();
             txn.commit()?;
             self.metrics.commit(batch.len(), started.elapsed());
@@ -370,6 +536,7 @@ impl Writer {
             wrote_data,
             processed,
             purged,
+            merged,
         })
     }
 
@@ -411,10 +578,23 @@ impl Writer {
         now_ms: u64,
     ) -> Result<Result<AcceptOutcome, WriteError>, redb::Error> {
         let id = transaction.transaction_id.as_str();
-        if let Some(stored) = tables.transactions.get(id)? {
-            return Ok(match encoding::decode(id, stored.value()) {
-                // NewTransaction equality compares the amount by value
-                // (1500.50 == 1500.5) and the already upper-cased currency.
+        let hint = self
+            .store
+            .unindexed()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied();
+        let existing = match hint {
+            Some(key) => Some(key),
+            None => tables.ids.get(id)?.map(|key| key.value()),
+        };
+        if let Some(key) = existing
+            && let Some(stored) = tables.log.get(key)?
+        {
+            return Ok(match encoding::decode(stored.value()) {
+                // NewTransaction equality compares the id, the amount by
+                // value (1500.50 == 1500.5) and the upper-cased currency.
                 Ok(record) if record.transaction == *transaction => {
                     Ok(AcceptOutcome::Duplicate(record.status))
                 }
@@ -425,15 +605,20 @@ impl Writer {
                 }
             });
         }
+        let key = next_log_key(self.next_key, now_ms);
+        self.next_key = key;
         encoding::encode_into(transaction, Status::Processing, now_ms, None, &mut self.buf);
-        tables.transactions.insert(id, self.buf.as_slice())?;
-        // Same transaction as the record: a 202 means both are on disk.
+        tables.log.insert(key, self.buf.as_slice())?;
+        // Same transaction as the record: a 202 means all of them are on disk.
         tables
             .jobs
-            .insert((now_ms.saturating_add(self.delay_ms), id), ())?;
+            .insert((now_ms.saturating_add(self.delay_ms), key), ())?;
         tables
             .by_status
-            .insert((status_key(Status::Processing), now_ms, id), ())?;
+            .insert((status_key(Status::Processing), key), ())?;
+        let id: Box<str> = id.into();
+        write_lock(self.store.unindexed()).insert(id.clone(), key);
+        self.added.push((id, key));
         Ok(Ok(AcceptOutcome::Created))
     }
 
@@ -449,27 +634,22 @@ impl Writer {
     ) -> Result<(bool, u64), redb::Error> {
         let mut changed = false;
         let mut processed = 0;
-        for job in done {
-            changed |= tables
-                .jobs
-                .remove((job.due_ms, job.transaction_id.as_str()))?
-                .is_some();
-        }
-        // Records are updated in id order: neighbouring ids share B-tree
-        // leaves, so consecutive updates find their leaf already copied and
-        // cached instead of jumping across the file.
-        let mut ids: Vec<&str> = done.iter().map(|j| j.transaction_id.as_str()).collect();
-        ids.sort_unstable();
-        for id in ids {
-            let record = match tables.transactions.get(id)? {
+        // In log-key order: neighbouring records share B-tree leaves, and
+        // jobs fall due roughly in arrival order, so this walks the log's
+        // recent pages instead of jumping across the file.
+        let mut jobs: Vec<Job> = done.to_vec();
+        jobs.sort_unstable_by_key(|job| job.log_key);
+        for job in jobs {
+            changed |= tables.jobs.remove((job.due_ms, job.log_key))?.is_some();
+            let record = match tables.log.get(job.log_key)? {
                 None => {
                     tracing::warn!(
-                        transaction_id = id,
+                        log_key = job.log_key,
                         "job without a transaction; job row removed"
                     );
                     continue;
                 }
-                Some(stored) => encoding::decode(id, stored.value()),
+                Some(stored) => encoding::decode(stored.value()),
             };
             match record {
                 Ok(record) if record.status == Status::Processing => {
@@ -480,17 +660,14 @@ impl Writer {
                         Some(now_ms),
                         &mut self.buf,
                     );
-                    tables.transactions.insert(id, self.buf.as_slice())?;
-                    tables.by_status.remove((
-                        status_key(Status::Processing),
-                        record.created_at_ms,
-                        id,
-                    ))?;
-                    tables.by_status.insert(
-                        (status_key(Status::Processed), record.created_at_ms, id),
-                        (),
-                    )?;
-                    tables.by_processed.insert((now_ms, id), ())?;
+                    tables.log.insert(job.log_key, self.buf.as_slice())?;
+                    tables
+                        .by_status
+                        .remove((status_key(Status::Processing), job.log_key))?;
+                    tables
+                        .by_status
+                        .insert((status_key(Status::Processed), job.log_key), ())?;
+                    tables.by_processed.insert((now_ms, job.log_key), ())?;
                     changed = true;
                     processed += 1;
                 }
@@ -498,7 +675,7 @@ impl Writer {
                 Err(e) => {
                     // The job row is removed so a damaged record does not
                     // stall the scheduler; the record itself is kept as is.
-                    tracing::error!(transaction_id = id, error = %e, "cannot process: stored record cannot be decoded");
+                    tracing::error!(log_key = job.log_key, error = %e, "cannot process: stored record cannot be decoded");
                 }
             }
         }
@@ -508,48 +685,59 @@ impl Writer {
 
 /// The tables one batch writes.
 struct Tables<'txn> {
-    transactions: Table<'txn, &'static str, &'static [u8]>,
-    jobs: Table<'txn, (u64, &'static str), ()>,
-    by_status: Table<'txn, (u8, u64, &'static str), ()>,
-    by_processed: Table<'txn, (u64, &'static str), ()>,
+    log: Table<'txn, u64, &'static [u8]>,
+    ids: Table<'txn, &'static str, u64>,
+    jobs: Table<'txn, (u64, u64), ()>,
+    by_status: Table<'txn, (u8, u64), ()>,
+    by_processed: Table<'txn, (u64, u64), ()>,
 }
 
 /// Deletes up to `limit` transactions processed before `before_ms`, oldest
-/// first, with their rows in both indexes. Only PROCESSED transactions are
-/// in the retention index, so nothing pending is ever touched.
-fn purge(tables: &mut Tables<'_>, before_ms: u64, limit: usize) -> Result<u64, redb::Error> {
+/// first, with their `ids` and index rows. Only PROCESSED transactions are
+/// in the retention index, so nothing pending is ever touched; one whose id
+/// is not yet in `ids` (log key after `indexed_upto`) waits for a later
+/// sweep, so a merge never re-adds the id of a purged record.
+fn purge(
+    tables: &mut Tables<'_>,
+    before_ms: u64,
+    limit: usize,
+    indexed_upto: u64,
+) -> Result<u64, redb::Error> {
     let mut victims = Vec::new();
-    for row in tables
-        .by_processed
-        .range((0, "")..(before_ms, ""))?
-        .take(limit)
-    {
+    for row in tables.by_processed.range((0, 0)..(before_ms, 0))? {
         let (key, _) = row?;
-        let (processed_ms, id) = key.value();
-        victims.push((processed_ms, id.to_owned()));
+        let (processed_ms, log_key) = key.value();
+        if log_key <= indexed_upto {
+            victims.push((processed_ms, log_key));
+            if victims.len() == limit {
+                break;
+            }
+        }
     }
     let mut deleted = 0;
-    for (processed_ms, id) in &victims {
-        tables.by_processed.remove((*processed_ms, id.as_str()))?;
-        let record = match tables.transactions.get(id.as_str())? {
+    for (processed_ms, log_key) in victims {
+        tables.by_processed.remove((processed_ms, log_key))?;
+        let record = match tables.log.get(log_key)? {
             None => continue,
-            Some(stored) => encoding::decode(id, stored.value()),
+            Some(stored) => encoding::decode(stored.value()),
         };
         match record {
             Ok(record) => {
-                tables.transactions.remove(id.as_str())?;
-                tables.by_status.remove((
-                    status_key(record.status),
-                    record.created_at_ms,
-                    id.as_str(),
-                ))?;
+                let id = record.transaction.transaction_id.as_str();
+                tables.log.remove(log_key)?;
+                if tables.ids.get(id)?.is_some_and(|k| k.value() == log_key) {
+                    tables.ids.remove(id)?;
+                }
+                tables
+                    .by_status
+                    .remove((status_key(record.status), log_key))?;
                 deleted += 1;
             }
             // Damaged data is never deleted unseen: the record stays for
             // `webhookd check` to report; only its retention row goes, so
             // purging moves on.
             Err(e) => {
-                tracing::error!(transaction_id = %id, error = %e, "not purged: stored record cannot be decoded");
+                tracing::error!(log_key, error = %e, "not purged: stored record cannot be decoded");
             }
         }
     }
@@ -566,6 +754,7 @@ fn answer(command: Command, outcome: Outcome) {
         (Command::Complete { reply, .. } | Command::Probe { reply }, Outcome::Done) => {
             let _ = reply.send(Ok(()));
         }
+        (Command::Tick, Outcome::Done) => {}
         (Command::Purge { reply, .. }, Outcome::Purged(count)) => {
             let _ = reply.send(Ok(count));
         }
@@ -584,7 +773,14 @@ fn fail(command: Command, error: WriteError) {
         Command::Purge { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        Command::Tick => {}
     }
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    // The map is only changed by whole inserts and removes; a panic
+    // elsewhere cannot leave it half-written.
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
