@@ -321,7 +321,10 @@ async fn metrics(state: &AppState) -> Response<Full<Bytes>> {
         Ok(Err(e)) => return ApiError::Unavailable(e.to_string()).response(),
         Err(_) => return ApiError::Unavailable("the read did not complete".to_owned()).response(),
     };
-    let mut response = Response::new(Full::new(Bytes::from(state.metrics.render(&jobs, now))));
+    let text = state
+        .metrics
+        .render(&jobs, now, state.store.unindexed_count());
+    let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(crate::metrics::CONTENT_TYPE),

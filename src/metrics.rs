@@ -113,6 +113,7 @@ pub struct Metrics {
     pending_jobs: Gauge,
     due_jobs: Gauge,
     oldest_due_age: Gauge<f64, AtomicU64>,
+    unindexed_ids: Gauge,
     commit_batch_size: Histogram,
     commit_duration: Histogram,
 }
@@ -188,6 +189,12 @@ impl Metrics {
             "How long the earliest due, unprocessed job has been waiting",
             oldest_due_age.clone(),
         );
+        let unindexed_ids = Gauge::default();
+        registry.register(
+            "unindexed_ids",
+            "Stored transactions whose id is not yet in the on-disk id index (held in memory until the next merge)",
+            unindexed_ids.clone(),
+        );
         let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         registry.register(
             "commit_batch_size",
@@ -224,6 +231,7 @@ impl Metrics {
             pending_jobs,
             due_jobs,
             oldest_due_age,
+            unindexed_ids,
             commit_batch_size,
             commit_duration,
         }
@@ -279,9 +287,12 @@ impl Metrics {
         self.purged.inc_by(count);
     }
 
-    /// Renders the exposition, with the job gauges set from `jobs` read at `now_ms`.
+    /// Renders the exposition, with the job gauges set from `jobs` read at
+    /// `now_ms` and the count of ids awaiting the id index.
     #[must_use]
-    pub fn render(&self, jobs: &JobStats, now_ms: u64) -> String {
+    pub fn render(&self, jobs: &JobStats, now_ms: u64, unindexed_ids: usize) -> String {
+        self.unindexed_ids
+            .set(i64::try_from(unindexed_ids).unwrap_or(i64::MAX));
         self.pending_jobs
             .set(i64::try_from(jobs.pending).unwrap_or(i64::MAX));
         self.due_jobs

@@ -379,6 +379,17 @@ impl Store {
         Ok(())
     }
 
+    /// How many stored transactions are findable only through the
+    /// in-memory map (not yet merged into `ids`).
+    #[must_use]
+    pub fn unindexed_count(&self) -> usize {
+        self.shared
+            .unindexed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// The map of log entries not yet in `ids`.
     pub(crate) fn unindexed(&self) -> &RwLock<HashMap<Box<str>, u64>> {
         &self.shared.unindexed
