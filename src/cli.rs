@@ -168,7 +168,7 @@ pub enum AdminCommand {
         /// The transaction id.
         transaction_id: String,
     },
-    /// Write every stored transaction to stdout, one JSON object per line, in id order.
+    /// Write every stored transaction to stdout, one JSON object per line, in arrival order.
     Export {
         /// Output format.
         #[arg(long, value_enum, default_value = "jsonl")]
