@@ -26,7 +26,7 @@
 pub mod encoding;
 pub mod writer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -265,7 +265,28 @@ struct Shared {
     /// adds an entry in the same batch as the log entry, and removes it
     /// only after the commit that put it into `ids`; so every stored
     /// transaction is always findable through this map or `ids`.
-    unindexed: RwLock<HashMap<Box<str>, u64>>,
+    unindexed: RwLock<Unindexed>,
+}
+
+/// Ids of log entries not yet in the `ids` table, with their log keys.
+#[derive(Default)]
+pub(crate) struct Unindexed {
+    /// Accepted since the current merge cycle began.
+    pub(crate) active: BTreeMap<Box<str>, u64>,
+    /// Being written into `ids` by the current merge cycle (empty between
+    /// cycles). Already in id order, so a cycle starts by moving `active`
+    /// here, without copying or sorting anything.
+    pub(crate) frozen: Arc<BTreeMap<Box<str>, u64>>,
+}
+
+impl Unindexed {
+    pub(crate) fn get(&self, id: &str) -> Option<u64> {
+        self.active.get(id).or_else(|| self.frozen.get(id)).copied()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.active.len() + self.frozen.len()
+    }
 }
 
 impl Store {
@@ -390,8 +411,8 @@ impl Store {
             .len()
     }
 
-    /// The map of log entries not yet in `ids`.
-    pub(crate) fn unindexed(&self) -> &RwLock<HashMap<Box<str>, u64>> {
+    /// The ids of log entries not yet in `ids`.
+    pub(crate) fn unindexed(&self) -> &RwLock<Unindexed> {
         &self.shared.unindexed
     }
 
@@ -406,8 +427,7 @@ impl Store {
             .unindexed
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(transaction_id)
-            .copied();
+            .get(transaction_id);
         // The handle stays alive for the whole read, so a reopen waits for it.
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
@@ -723,19 +743,19 @@ fn initialise(db: &Database) -> Result<(), redb::Error> {
 /// The ids of the log entries after [`INDEXED_UPTO_KEY`]: those the writer
 /// had not yet put into `ids` when the daemon stopped. At most a few
 /// merge cycles' worth, so this takes milliseconds.
-fn load_unindexed(db: &Database) -> Result<HashMap<Box<str>, u64>, redb::Error> {
+fn load_unindexed(db: &Database) -> Result<Unindexed, redb::Error> {
     let txn = db.begin_read()?;
     let upto = txn
         .open_table(META)?
         .get(INDEXED_UPTO_KEY)?
         .map_or(0, |v| v.value());
     let log = txn.open_table(LOG)?;
-    let mut unindexed = HashMap::new();
+    let mut unindexed = Unindexed::default();
     for row in log.range(upto.saturating_add(1)..)? {
         let (key, value) = row?;
         match encoding::decode(value.value()) {
             Ok(record) => {
-                unindexed.insert(
+                unindexed.active.insert(
                     record.transaction.transaction_id.into_boxed_str(),
                     key.value(),
                 );

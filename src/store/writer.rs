@@ -14,11 +14,13 @@
 //!   operation after an I/O error until it is), so the daemon recovers from
 //!   a full disk without a restart.
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableTable, Table};
+use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -266,15 +268,23 @@ struct Writer {
     metrics: Arc<Metrics>,
 }
 
-/// Putting the ids of the log's tail into the `ids` table: a snapshot of
-/// the unindexed map, sorted by id, written a chunk per batch. Sorted
-/// chunks over a large set rewrite each page of `ids` once for many ids.
+/// Putting the ids of the log's tail into the `ids` table: the frozen
+/// map, in id order, a chunk per batch. Sorted chunks over a large set
+/// rewrite each page of `ids` once for many ids.
 struct MergeCycle {
-    entries: Vec<(Box<str>, u64)>,
-    /// Entries before this one are committed to `ids`.
-    done: usize,
+    entries: Arc<BTreeMap<Box<str>, u64>>,
+    /// Entries up to and including this id are committed to `ids`.
+    merged_through: Option<Box<str>>,
     /// Every log entry up to this key is in `entries` or already in `ids`.
     upto: u64,
+}
+
+/// The part of a merge cycle one batch wrote.
+struct MergeStep {
+    /// The last id it wrote.
+    through: Box<str>,
+    /// Whether that finished the cycle.
+    finished: bool,
 }
 
 /// What a committed batch did.
@@ -289,8 +299,8 @@ struct Applied {
     processed: u64,
     /// Transactions it deleted (retention).
     purged: u64,
-    /// Merge cycle entries it committed to `ids` (a range of the cycle).
-    merged: Option<(usize, usize)>,
+    /// The part of the merge cycle it committed to `ids`.
+    merged: Option<MergeStep>,
 }
 
 /// Per-command result of applying a batch, sent only after the commit.
@@ -367,8 +377,8 @@ impl Writer {
         self.added.clear();
         match self.apply_in(&db, batch, now_ms) {
             Ok(applied) => {
-                if let Some((from, to)) = applied.merged {
-                    self.finish_merge_chunk(from, to);
+                if let Some(step) = &applied.merged {
+                    self.finish_merge_step(step);
                 }
                 Ok(applied)
             }
@@ -376,8 +386,8 @@ impl Writer {
                 // Nothing of the batch is stored: forget its ids and keys.
                 let mut unindexed = write_lock(self.store.unindexed());
                 for (id, key) in self.added.drain(..) {
-                    if unindexed.get(&id) == Some(&key) {
-                        unindexed.remove(&id);
+                    if unindexed.active.get(&id) == Some(&key) {
+                        unindexed.active.remove(&id);
                     }
                 }
                 self.next_key = first_key;
@@ -394,43 +404,28 @@ impl Writer {
             .len()
     }
 
-    /// Starts a merge cycle over every committed log entry not yet in `ids`.
+    /// Starts a merge cycle over every committed log entry not yet in
+    /// `ids`: the active map becomes the frozen one (a move, no copy).
     fn start_merge_cycle(&mut self) {
-        let mut entries: Vec<(Box<str>, u64)> = self
-            .store
-            .unindexed()
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(id, key)| (id.clone(), *key))
-            .collect();
-        entries.sort_unstable();
+        let mut unindexed = write_lock(self.store.unindexed());
+        let active = std::mem::take(&mut unindexed.active);
+        unindexed.frozen = Arc::new(active);
         self.cycle = Some(MergeCycle {
-            entries,
-            done: 0,
+            entries: Arc::clone(&unindexed.frozen),
+            merged_through: None,
             upto: self.next_key,
         });
     }
 
-    /// After the commit of a merge chunk: its ids are in `ids` now, so they
-    /// leave the map; the cycle's end moves [`INDEXED_UPTO_KEY`].
-    fn finish_merge_chunk(&mut self, from: usize, to: usize) {
+    /// After the commit of a merge step: at the cycle's end every frozen id
+    /// is in `ids`, so the frozen map goes and [`INDEXED_UPTO_KEY`] moves.
+    fn finish_merge_step(&mut self, step: &MergeStep) {
         let Some(cycle) = &mut self.cycle else { return };
-        {
-            let mut unindexed = write_lock(self.store.unindexed());
-            for (id, key) in &cycle.entries[from..to] {
-                if unindexed.get(id) == Some(key) {
-                    unindexed.remove(id);
-                }
-            }
-            if to == cycle.entries.len() && unindexed.capacity() > 4 * unindexed.len() + 1024 {
-                unindexed.shrink_to_fit();
-            }
-        }
-        cycle.done = to;
-        if to == cycle.entries.len() {
+        cycle.merged_through = Some(step.through.clone());
+        if step.finished {
             self.indexed_upto = cycle.upto;
             self.cycle = None;
+            write_lock(self.store.unindexed()).frozen = Arc::default();
         }
     }
 
@@ -450,7 +445,6 @@ impl Writer {
         let mut probed = false;
         let mut processed = 0;
         let mut purged = 0;
-        let mut merged = None;
         let only_ticks = batch.iter().all(|c| matches!(c, Command::Tick));
         // A cycle starts before this batch's own acceptances, so it holds
         // only committed log entries.
@@ -460,7 +454,7 @@ impl Writer {
                 self.start_merge_cycle();
             }
         }
-        {
+        let merged = {
             let mut tables = Tables {
                 log: txn.open_table(LOG)?,
                 ids: txn.open_table(IDS)?,
@@ -506,23 +500,8 @@ impl Writer {
                     Command::Tick => outcomes.push(Outcome::Done),
                 }
             }
-            if let Some(cycle) = &self.cycle {
-                let chunk = if only_ticks {
-                    IDLE_MERGE_CHUNK
-                } else {
-                    MERGE_CHUNK
-                };
-                let from = cycle.done;
-                let to = (from + chunk).min(cycle.entries.len());
-                for (id, key) in &cycle.entries[from..to] {
-                    tables.ids.insert(&**id, *key)?;
-                }
-                if to == cycle.entries.len() {
-                    txn.open_table(META)?.insert(INDEXED_UPTO_KEY, cycle.upto)?;
-                }
-                merged = Some((from, to));
-            }
-        }
+            self.merge_step(&txn, &mut tables, only_ticks)?
+        };
         if wrote_data || probed || merged.is_some() {
             let started = Instant::now();
             txn.commit()?;
@@ -538,6 +517,48 @@ impl Writer {
             purged,
             merged,
         })
+    }
+
+    /// Writes the next chunk of the merge cycle, if one is running, into
+    /// `ids`; the cycle's last chunk also moves [`INDEXED_UPTO_KEY`].
+    fn merge_step(
+        &self,
+        txn: &WriteTransaction,
+        tables: &mut Tables<'_>,
+        only_ticks: bool,
+    ) -> Result<Option<MergeStep>, redb::Error> {
+        let Some(cycle) = &self.cycle else {
+            return Ok(None);
+        };
+        let chunk = if only_ticks {
+            IDLE_MERGE_CHUNK
+        } else {
+            MERGE_CHUNK
+        };
+        let start = cycle
+            .merged_through
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let mut rest = cycle
+            .entries
+            .range::<str, _>((start, Bound::Unbounded))
+            .peekable();
+        let mut through = None;
+        for (id, key) in rest.by_ref().take(chunk) {
+            tables.ids.insert(&**id, *key)?;
+            through = Some(id);
+        }
+        let finished = rest.peek().is_none();
+        if finished {
+            txn.open_table(META)?.insert(INDEXED_UPTO_KEY, cycle.upto)?;
+        }
+        Ok(Some(MergeStep {
+            through: through
+                .cloned()
+                .or_else(|| cycle.merged_through.clone())
+                .unwrap_or_default(),
+            finished,
+        }))
     }
 
     /// Answers every command of a batch that could not be applied.
@@ -583,8 +604,7 @@ impl Writer {
             .unindexed()
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .copied();
+            .get(id);
         let existing = match hint {
             Some(key) => Some(key),
             None => tables.ids.get(id)?.map(|key| key.value()),
@@ -617,7 +637,9 @@ impl Writer {
             .by_status
             .insert((status_key(Status::Processing), key), ())?;
         let id: Box<str> = id.into();
-        write_lock(self.store.unindexed()).insert(id.clone(), key);
+        write_lock(self.store.unindexed())
+            .active
+            .insert(id.clone(), key);
         self.added.push((id, key));
         Ok(Ok(AcceptOutcome::Created))
     }
