@@ -134,6 +134,24 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     })
 }
 
+/// The transaction id of a `log` value, without decoding the rest (the id
+/// is the first field); for rebuilding the id map at start-up.
+///
+/// # Errors
+/// [`DecodeError`] if the value is from an unknown layout or damaged.
+pub fn decode_id(bytes: &[u8]) -> Result<&str, DecodeError> {
+    let (&found, rest) = bytes
+        .split_first()
+        .ok_or_else(|| DecodeError::Malformed("empty value".to_owned()))?;
+    if found != RECORD_VERSION {
+        return Err(DecodeError::UnknownVersion(found));
+    }
+    let (id, _): (&str, usize) =
+        bincode::serde::borrow_decode_from_slice(rest, bincode::config::standard())
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    Ok(id)
+}
+
 /// Decodes a schema 1 value stored under `id` (for the migration).
 ///
 /// # Errors
@@ -180,6 +198,7 @@ mod tests {
             encode_into(&tx, status, 1_764_000_000_123, processed, &mut buf);
             assert_eq!(buf[0], RECORD_VERSION);
             let back = decode(&buf).unwrap();
+            assert_eq!(decode_id(&buf).unwrap(), tx.transaction_id);
             assert_eq!(back.transaction, tx);
             assert_eq!(back.status, status);
             assert_eq!(back.created_at_ms, 1_764_000_000_123);

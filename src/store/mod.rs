@@ -753,12 +753,9 @@ fn load_unindexed(db: &Database) -> Result<Unindexed, redb::Error> {
     let mut unindexed = Unindexed::default();
     for row in log.range(upto.saturating_add(1)..)? {
         let (key, value) = row?;
-        match encoding::decode(value.value()) {
-            Ok(record) => {
-                unindexed.active.insert(
-                    record.transaction.transaction_id.into_boxed_str(),
-                    key.value(),
-                );
+        match encoding::decode_id(value.value()) {
+            Ok(id) => {
+                unindexed.active.insert(id.into(), key.value());
             }
             Err(e) => {
                 tracing::error!(log_key = key.value(), error = %e, "record does not decode; not findable by id");
