@@ -23,12 +23,17 @@
 //! survive a crash is in these tables; the in-memory map only caches the
 //! ids of the log's tail, and is rebuilt from it.
 
+pub mod backend;
 pub mod encoding;
+mod unacknowledged;
 pub mod writer;
+
+pub use backend::{Access, FileOpener, StorageOpener};
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -257,10 +262,15 @@ pub struct Store {
 }
 
 struct Shared {
-    path: PathBuf,
-    /// `None` only while a reopen after a storage error has not succeeded.
+    /// The file's storage, opened once and lent to every handle below.
+    storage: Arc<backend::SharedStorage>,
+    /// Normally writable. After a storage error that a reopen could not
+    /// clear, a read-only view of the last durable commit, so reads go on
+    /// ([`Store::reopen`]). `None` only if neither could be opened.
     /// Readers hold the lock just long enough to clone the `Arc`.
-    db: RwLock<Option<Arc<Database>>>,
+    db: RwLock<Option<Handle>>,
+    /// Log entries failed commits may have left in the file; reads skip them.
+    unacknowledged: unacknowledged::Unacknowledged,
     /// Log entries not yet in the `ids` table: id → log key. The writer
     /// adds an entry in the same batch as the log entry, and removes it
     /// only after the commit that put it into `ids`; so every stored
@@ -289,6 +299,14 @@ impl Unindexed {
     }
 }
 
+/// An open database and whether it may be written.
+#[derive(Clone)]
+enum Handle {
+    Writable(Arc<Database>),
+    /// Opened on a sealed [`backend::Overlay`]: every write fails.
+    ReadOnlyView(Arc<Database>),
+}
+
 impl Store {
     /// Opens (creating if needed) the database in `data_dir`, checks its
     /// schema version and creates missing tables.
@@ -296,6 +314,13 @@ impl Store {
     /// A file written by a newer webhookd is refused before anything is
     /// written to it: the version is first read through a read-only open.
     pub fn open(data_dir: &Path) -> Result<Store, OpenError> {
+        Store::open_with(data_dir, &FileOpener)
+    }
+
+    /// [`Store::open`] on storage that `opener` opens: the read-only schema
+    /// check, then one read-write storage kept for the store's lifetime
+    /// (every reopen after a storage error uses it again).
+    pub fn open_with(data_dir: &Path, opener: &dyn StorageOpener) -> Result<Store, OpenError> {
         std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
             path: data_dir.to_owned(),
             source,
@@ -315,7 +340,14 @@ impl Store {
         // behind; like a missing one, it becomes a new database.
         let existing = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
         if existing {
-            match redb::Builder::new().open_read_only(&path) {
+            let checked = opener
+                .open(&path, Access::ReadOnly)
+                .map_err(redb::DatabaseError::from)
+                .and_then(|storage| {
+                    let storage = backend::SharedStorage::new(storage);
+                    redb::Builder::new().open_read_only_with_backend(backend::Lease::new(&storage))
+                });
+            match checked {
                 Ok(db) => {
                     let found = read_schema_version(&db).map_err(&database_error)?;
                     check_schema_version(&path, found)?;
@@ -328,7 +360,11 @@ impl Store {
             }
         }
 
-        let db = open_writable(&path).map_err(&database_error)?;
+        let storage = opener
+            .open(&path, Access::ReadWrite)
+            .map_err(|e| database_error(e.into()))?;
+        let storage = backend::SharedStorage::new(storage);
+        let db = open_writable(&storage).map_err(&database_error)?;
         let found = read_schema_version(&db).map_err(&database_error)?;
         check_schema_version(&path, found)?;
         if found == Some(1) {
@@ -344,60 +380,109 @@ impl Store {
         let unindexed = load_unindexed(&db).map_err(&database_error)?;
         Ok(Store {
             shared: Arc::new(Shared {
-                path,
-                db: RwLock::new(Some(Arc::new(db))),
+                storage,
+                db: RwLock::new(Some(Handle::Writable(Arc::new(db)))),
+                unacknowledged: unacknowledged::Unacknowledged::default(),
                 unindexed: RwLock::new(unindexed),
             }),
         })
     }
 
-    /// The open database, for one operation.
+    /// The open database, for one read: the writable one, or the
+    /// read-only view while writes fail.
     pub(crate) fn handle(&self) -> Result<Arc<Database>, StoreError> {
-        self.shared
+        match &*self
+            .shared
             .db
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(StoreError::Reopening)
+        {
+            Some(Handle::Writable(db) | Handle::ReadOnlyView(db)) => Ok(Arc::clone(db)),
+            None => Err(StoreError::Reopening),
+        }
     }
 
-    /// Closes the database and opens the file again.
+    /// The open database, for the writer; never the read-only view.
+    pub(crate) fn write_handle(&self) -> Result<Arc<Database>, StoreError> {
+        match &*self
+            .shared
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            Some(Handle::Writable(db)) => Ok(Arc::clone(db)),
+            _ => Err(StoreError::Reopening),
+        }
+    }
+
+    /// Opens the file for writing again after a storage error.
     ///
-    /// After an I/O error redb fails every later operation, reads included,
-    /// until the file is reopened; opening repairs the file back to its last
-    /// durable commit, so nothing acknowledged is lost. Only the writer
-    /// thread calls this, with no handle of its own still alive.
+    /// After an I/O error redb fails every later access of the file, reads
+    /// included (only pages still in its cache answer), until the file is
+    /// reopened; opening repairs the file back to its last durable commit,
+    /// so nothing acknowledged is lost. That repair writes, so while the
+    /// fault lasts the open fails; then the store serves reads from a
+    /// read-only view ([`backend::Overlay`]) that repairs in memory and
+    /// never touches the file, keeps the file locked, and is swapped for
+    /// the writable handle by the first reopen that succeeds.
+    ///
+    /// Only the writer thread calls this, with no handle of its own alive.
+    /// Reads wait on the slot meanwhile; at most one handle is ever in use.
     pub(crate) fn reopen(&self) -> Result<(), StoreError> {
         let mut slot = self
             .shared
             .db
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(mut db) = slot.take() {
-            // redb locks the file; the old handle must be dropped (closing
-            // the file) before it can be opened again. In-flight reads hold
-            // clones for the length of one read.
-            let deadline = Instant::now() + REOPEN_WAIT;
-            loop {
-                match Arc::try_unwrap(db) {
-                    Ok(db) => {
-                        drop(db);
-                        break;
-                    }
-                    Err(shared) if Instant::now() < deadline => {
-                        db = shared;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(shared) => {
-                        *slot = Some(shared);
+        let mut view = None;
+        if let Some(current) = slot.take() {
+            // In-flight reads hold clones for the length of one read; the
+            // old handle must be idle before another opens the file.
+            match current {
+                Handle::Writable(db) => match drain(db) {
+                    // Dropping closes it; a handle that failed writes nothing.
+                    Ok(db) => drop(db),
+                    Err(db) => {
+                        *slot = Some(Handle::Writable(db));
                         return Err(StoreError::Reopening);
                     }
-                }
+                },
+                Handle::ReadOnlyView(db) => match drain(db) {
+                    Ok(db) => view = Some(db),
+                    Err(db) => {
+                        *slot = Some(Handle::ReadOnlyView(db));
+                        return Err(StoreError::Reopening);
+                    }
+                },
             }
         }
-        let db = open_writable(&self.shared.path).map_err(StoreError::Storage)?;
-        *slot = Some(Arc::new(db));
-        Ok(())
+        // An idle view may stay open meanwhile: it never writes, and the
+        // pages of the durable commit it reads are not overwritten by an
+        // open (redb only writes the header and free pages before the
+        // first commit, and nothing commits until the view is dropped).
+        match open_writable(&self.shared.storage) {
+            Ok(db) => {
+                drop(view);
+                *slot = Some(Handle::Writable(Arc::new(db)));
+                Ok(())
+            }
+            Err(e) => {
+                if view.is_none() {
+                    view = open_view(&self.shared.storage)
+                        .inspect_err(|e| {
+                            tracing::error!(error = %e, "cannot open a read-only view either; reads fail until storage recovers");
+                        })
+                        .ok();
+                    if view.is_some() {
+                        tracing::warn!(
+                            "serving reads from a read-only view of the last durable commit until the database can be reopened for writing"
+                        );
+                    }
+                }
+                *slot = view.map(|db| Handle::ReadOnlyView(Arc::new(db)));
+                Err(StoreError::Storage(e))
+            }
+        }
     }
 
     /// How many stored transactions are findable only through the
@@ -544,6 +629,7 @@ impl Store {
         // One more than asked for, to know whether another page follows.
         let wanted = query.limit.saturating_add(1);
         let mut found: Vec<(u64, Record)> = Vec::with_capacity(wanted.min(1024));
+        let refused = &self.shared.unacknowledged;
         if low < high {
             match query.status {
                 None => {
@@ -551,6 +637,9 @@ impl Store {
                         .range(low..high)
                         .map_err(StoreError::storage)?
                         .rev()
+                        .filter(
+                            |row| !matches!(row, Ok((key, _)) if refused.contains_key(key.value())),
+                        )
                         .take(wanted)
                     {
                         let (key, value) = row.map_err(StoreError::storage)?;
@@ -567,6 +656,7 @@ impl Store {
                         .range((s, low)..(s, high))
                         .map_err(StoreError::storage)?
                         .rev()
+                        .filter(|row| !matches!(row, Ok((key, _)) if refused.contains_key(key.value().1)))
                         .take(wanted)
                     {
                         let (key, _) = row.map_err(StoreError::storage)?;
@@ -690,10 +780,37 @@ fn read_record(
         .map_err(|source| StoreError::Corrupt { key, source })
 }
 
-fn open_writable(path: &Path) -> Result<Database, redb::Error> {
+fn open_writable(storage: &Arc<backend::SharedStorage>) -> Result<Database, redb::Error> {
     Ok(Database::builder()
         .set_cache_size(CACHE_BYTES)
-        .create(path)?)
+        .create_with_backend(backend::Lease::new(storage))?)
+}
+
+/// Opens the read-only view: the file's last durable commit, repaired in
+/// memory, sealed before it is returned so nothing is ever written through it.
+fn open_view(storage: &Arc<backend::SharedStorage>) -> Result<Database, redb::Error> {
+    let overlay = backend::Overlay::new(backend::Lease::new(storage))?;
+    let seal = overlay.seal_handle();
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create_with_backend(overlay)?;
+    seal.store(true, Ordering::Release);
+    Ok(db)
+}
+
+/// Waits up to [`REOPEN_WAIT`] for in-flight reads to drop their clones.
+fn drain(mut db: Arc<Database>) -> Result<Database, Arc<Database>> {
+    let deadline = Instant::now() + REOPEN_WAIT;
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(db) => return Ok(db),
+            Err(shared) if Instant::now() < deadline => {
+                db = shared;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(shared) => return Err(shared),
+        }
+    }
 }
 
 fn read_schema_version(db: &impl ReadableDatabase) -> Result<Option<u64>, redb::Error> {

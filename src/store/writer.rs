@@ -12,7 +12,10 @@
 //! - if the commit fails, nothing of the batch is stored and every caller
 //!   in it is told so; the database is then reopened (redb refuses every
 //!   operation after an I/O error until it is), so the daemon recovers from
-//!   a full disk without a restart.
+//!   a full disk without a restart. A commit whose fsync failed may still
+//!   show in the file; its log entries are recorded before anyone is
+//!   answered and deleted by the first commit after the reopen
+//!   ([`super::unacknowledged`]), so a 503 always means "not stored".
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::unacknowledged::Refused;
 use super::{
     BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, Store, StoreError,
     encoding, next_log_key, status_key,
@@ -357,11 +361,14 @@ impl Writer {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, commands = batch.len(), "write transaction failed; nothing of this batch was stored");
-                    self.fail_batch(&mut batch, &WriteError::Storage(e.to_string()));
-                    // Reopen at once, so reads work again even while writes
-                    // keep failing; later batches retry if this fails.
+                    // Reopen at once, before answering, so reads work again
+                    // (from a read-only view while writes keep failing) by
+                    // the time a caller that got its 503 reads; later
+                    // batches retry the reopen if this one fails.
                     self.needs_reopen = true;
+                    self.last_reopen = None;
                     self.try_reopen();
+                    self.fail_batch(&mut batch, &WriteError::Storage(e.to_string()));
                 }
             }
         }
@@ -372,7 +379,7 @@ impl Writer {
     /// Returns one outcome per command and the earliest due time of the
     /// jobs it added.
     fn apply(&mut self, batch: &[Command], now_ms: u64) -> Result<Applied, StoreError> {
-        let db = self.store.handle()?;
+        let db = self.store.write_handle()?;
         let first_key = self.next_key;
         self.added.clear();
         match self.apply_in(&db, batch, now_ms) {
@@ -384,12 +391,23 @@ impl Writer {
             }
             Err(e) => {
                 // Nothing of the batch is stored: forget its ids and keys.
+                // If only the fsync failed, its log entries may still show
+                // in the file: record them, to be taken back.
                 let mut unindexed = write_lock(self.store.unindexed());
+                let mut refused = Vec::with_capacity(self.added.len());
                 for (id, key) in self.added.drain(..) {
                     if unindexed.active.get(&id) == Some(&key) {
                         unindexed.active.remove(&id);
                     }
+                    refused.push(Refused {
+                        transaction_id: id,
+                        log_key: key,
+                        created_ms: now_ms,
+                        due_ms: now_ms.saturating_add(self.delay_ms),
+                    });
                 }
+                drop(unindexed);
+                self.store.shared.unacknowledged.record(refused);
                 self.next_key = first_key;
                 Err(e.into())
             }
@@ -579,9 +597,16 @@ impl Writer {
             return false;
         }
         self.last_reopen = Some(Instant::now());
-        match self.store.reopen() {
-            Ok(()) => {
+        let reopened = self
+            .store
+            .reopen()
+            .and_then(|()| self.take_back_unacknowledged())
+            // Log keys are never handed out twice, whatever the file shows.
+            .and_then(|()| self.store.last_log_key());
+        match reopened {
+            Ok(last_key) => {
                 tracing::warn!("database reopened after a storage error; accepting writes again");
+                self.next_key = self.next_key.max(last_key);
                 self.needs_reopen = false;
                 true
             }
@@ -590,6 +615,72 @@ impl Writer {
                 false
             }
         }
+    }
+
+    /// Deletes, in one durable commit, the log entries failed commits
+    /// created that the reopened file shows anyway (an fsync that failed
+    /// after its writes), with their job and index rows. Runs before any
+    /// batch after a reopen, so every such entry comes from a failed
+    /// commit; matching the id and `created_at` guards that invariant.
+    fn take_back_unacknowledged(&mut self) -> Result<(), StoreError> {
+        let pending = self.store.shared.unacknowledged.pending();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let db = self.store.write_handle()?;
+        let txn = db.begin_write().map_err(StoreError::storage)?;
+        let mut taken_back = 0_usize;
+        {
+            let mut log = txn.open_table(LOG).map_err(StoreError::storage)?;
+            let mut ids = txn.open_table(IDS).map_err(StoreError::storage)?;
+            let mut jobs = txn.open_table(JOBS).map_err(StoreError::storage)?;
+            let mut by_status = txn.open_table(BY_STATUS).map_err(StoreError::storage)?;
+            for refused in &pending {
+                let (id, key) = (&*refused.transaction_id, refused.log_key);
+                jobs.remove((refused.due_ms, key))
+                    .map_err(StoreError::storage)?;
+                let shown = match log.get(key).map_err(StoreError::storage)? {
+                    Some(stored) => encoding::decode(stored.value()).ok(),
+                    None => continue,
+                };
+                match shown {
+                    Some(record)
+                        if record.transaction.transaction_id == id
+                            && record.created_at_ms == refused.created_ms
+                            && record.status == Status::Processing =>
+                    {
+                        log.remove(key).map_err(StoreError::storage)?;
+                        by_status
+                            .remove((status_key(Status::Processing), key))
+                            .map_err(StoreError::storage)?;
+                        if ids
+                            .get(id)
+                            .map_err(StoreError::storage)?
+                            .is_some_and(|k| k.value() == key)
+                        {
+                            ids.remove(id).map_err(StoreError::storage)?;
+                        }
+                        taken_back += 1;
+                    }
+                    _ => {
+                        tracing::error!(
+                            transaction_id = id,
+                            log_key = key,
+                            "the log entry of a failed commit differs from what it wrote; left as it is"
+                        );
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(StoreError::storage)?;
+        self.store.shared.unacknowledged.clear();
+        if taken_back > 0 {
+            tracing::warn!(
+                transactions = taken_back,
+                "deleted transactions that a failed commit (answered 503) had left in the file"
+            );
+        }
+        Ok(())
     }
 
     fn accept(
