@@ -14,6 +14,8 @@
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
 //! → drain requests → stop the scheduler → flush and stop the writer.
+//! [`run_with`] does the same on storage and with a shutdown trigger chosen
+//! by the caller, so tests can run the real server in-process.
 
 #![forbid(unsafe_code)]
 
@@ -29,13 +31,14 @@ pub mod signature;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::Config;
 use crate::scheduler::Scheduler;
 use crate::shutdown::ShutdownSignals;
-use crate::store::{OpenError, Store};
+use crate::store::{FileOpener, OpenError, StorageOpener, Store};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +80,68 @@ fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 /// How long the runtime waits for outstanding blocking reads at exit.
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A future that completes when the daemon should shut down.
+type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What [`run_with`] lets its caller choose; the default is what [`run`] does.
+pub struct RunOptions {
+    storage: Box<dyn StorageOpener>,
+    shutdown: Option<Trigger>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            storage: Box::new(FileOpener),
+            shutdown: None,
+        }
+    }
+}
+
+impl RunOptions {
+    /// Opens the database file's storage with `opener` (e.g. a backend
+    /// that injects faults) instead of [`FileOpener`].
+    #[must_use]
+    pub fn storage(mut self, opener: impl StorageOpener + 'static) -> Self {
+        self.storage = Box::new(opener);
+        self
+    }
+
+    /// Shuts down gracefully when `trigger` completes, instead of on
+    /// SIGTERM/SIGINT (no signal handlers are installed then).
+    #[must_use]
+    pub fn shutdown_on(mut self, trigger: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.shutdown = Some(Box::pin(trigger));
+        self
+    }
+}
+
+/// What ends [`run_with`]: the caller's trigger, or else SIGTERM/SIGINT
+/// through the signal handlers installed here (returned to be closed).
+fn shutdown_trigger(trigger: Option<Trigger>) -> Result<(Option<ShutdownSignals>, Trigger), Error> {
+    if let Some(trigger) = trigger {
+        return Ok((None, trigger));
+    }
+    let signals = ShutdownSignals::install().map_err(start_error("signal handlers"))?;
+    let requested = Box::pin(signals.requested());
+    Ok((Some(signals), requested))
+}
+
 /// Runs the daemon until SIGTERM/SIGINT, then shuts it down in order.
 ///
 /// Nothing is logged before the store is open, so a start-up failure is
 /// the only line on stderr.
 pub fn run(config: &Config) -> Result<(), Error> {
+    run_with(config, RunOptions::default(), |_| {})
+}
+
+/// [`run`] with `options`; calls `on_ready` with the bound address once it
+/// serves (right after the `listening on` line) and returns once shut down.
+pub fn run_with(
+    config: &Config,
+    options: RunOptions,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), Error> {
     // Checked before the store is touched: a bad secrets file changes nothing.
     let verifier = config
         .signature_scheme
@@ -93,7 +153,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
             )
         })
         .transpose()?;
-    let store = Store::open(&config.data_dir)?;
+    let store = Store::open_with(&config.data_dir, &*options.storage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")
@@ -130,7 +190,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         .map(|age| retention::Retention::start(writer.clone(), age))
         .transpose()
         .map_err(start_error("retention"))?;
-    let signals = ShutdownSignals::install().map_err(start_error("signal handlers"))?;
+    let (signals, shutdown) = shutdown_trigger(options.shutdown)?;
 
     let pending_jobs = store.pending_jobs().unwrap_or_default();
     tracing::info!(
@@ -149,6 +209,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         "{}",
         http::ready_line(addr)
     );
+    on_ready(addr);
     let limits = http::Limits {
         max_body_bytes: config.max_body_bytes,
         max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
@@ -166,7 +227,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
     runtime.block_on(http::serve(
         listener,
         state,
-        signals.requested(),
+        shutdown,
         config.shutdown_grace,
     ));
 
@@ -179,7 +240,9 @@ pub fn run(config: &Config) -> Result<(), Error> {
     }
     let writer_result = writer_thread.join();
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
-    signals.close();
+    if let Some(signals) = signals {
+        signals.close();
+    }
     writer_result.map_err(|_| Error::WriterPanicked)?;
     tracing::info!("stopped; every acknowledged transaction is on disk");
     Ok(())
