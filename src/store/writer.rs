@@ -51,6 +51,11 @@ pub const IDLE_MERGE_CHUNK: usize = 16_384;
 /// How often the writer is nudged to merge while idle.
 const MERGE_TICK: Duration = Duration::from_millis(250);
 
+/// How long without any other command before a tick counts as idle time:
+/// a tick between two webhooks of a steady trickle must not hold the next
+/// one up with a large merge.
+const IDLE_AFTER: Duration = Duration::from_millis(200);
+
 /// Default capacity of the queue in front of the writer (`--queue-depth`).
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
 
@@ -220,6 +225,7 @@ pub fn spawn(
         last_failure: Arc::clone(&last_failure),
         delay_ms: u64::try_from(process_delay.as_millis()).unwrap_or(u64::MAX),
         last_now_ms: 0,
+        last_work: Instant::now(),
         buf: Vec::with_capacity(256),
         metrics,
     };
@@ -268,6 +274,8 @@ struct Writer {
     /// Time of the previous batch; batch times never go backwards, so
     /// `processed_at >= created_at` even if the wall clock is stepped back.
     last_now_ms: u64,
+    /// When the last command other than a tick arrived.
+    last_work: Instant,
     buf: Vec<u8>,
     metrics: Arc<Metrics>,
 }
@@ -326,13 +334,19 @@ impl Writer {
                 }
             }
             let only_ticks = batch.iter().all(|c| matches!(c, Command::Tick));
+            if !only_ticks {
+                self.last_work = Instant::now();
+            }
             // Merging can wait: no tick work while writes are failing (a
             // failed commit forces a reopen), or when there is none.
             let failing = self.needs_reopen
                 || lock(&self.last_failure)
                     .as_ref()
                     .is_some_and(|(at, _)| at.elapsed() < FAILURE_MEMORY);
-            if only_ticks && (failing || (self.cycle.is_none() && self.unindexed_len() == 0)) {
+            let busy = self.last_work.elapsed() < IDLE_AFTER;
+            if only_ticks
+                && (failing || busy || (self.cycle.is_none() && self.unindexed_len() == 0))
+            {
                 batch.clear();
                 continue;
             }
