@@ -42,8 +42,13 @@ pub const MAX_BATCH: usize = 2048;
 pub const MERGE_THRESHOLD: usize = 65_536;
 
 /// Ids a merge cycle puts into `ids` per batch while webhooks are flowing:
-/// small, so the extra pages one commit writes stay few.
+/// small, so the extra pages one commit writes stay few; but at least
+/// [`MERGE_PACE`] times the batch's new transactions, so merging always
+/// outpaces ingest and the in-memory map stays within about two cycles.
 pub const MERGE_CHUNK: usize = 512;
+
+/// See [`MERGE_CHUNK`].
+pub const MERGE_PACE: usize = 2;
 
 /// Ids merged per batch when the writer is otherwise idle.
 pub const IDLE_MERGE_CHUNK: usize = 16_384;
@@ -386,7 +391,30 @@ impl Writer {
                 }
             }
         }
+        self.merge_everything();
         tracing::debug!("store writer stopped: queue closed and drained");
+    }
+
+    /// At shutdown: puts every id still only in memory into `ids`, so the
+    /// next start has nothing to rebuild. Skipped after a storage error;
+    /// the next start rebuilds the map from the log instead.
+    fn merge_everything(&mut self) {
+        let started = Instant::now();
+        let waiting = self.unindexed_len();
+        while !self.needs_reopen && (self.cycle.is_some() || self.unindexed_len() > 0) {
+            let now_ms = now_ms().max(self.last_now_ms);
+            if let Err(e) = self.apply(&[Command::Tick], now_ms) {
+                tracing::warn!(error = %e, "could not finish merging ids at shutdown; the next start rebuilds them from the log");
+                return;
+            }
+        }
+        if waiting > 0 {
+            tracing::info!(
+                ids = waiting,
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "merged the remaining ids into the id index"
+            );
+        }
     }
 
     /// Applies a batch in one write transaction and commits it durably.
@@ -486,6 +514,7 @@ impl Writer {
                 self.start_merge_cycle();
             }
         }
+        let mut created = 0_usize;
         let merged = {
             let mut tables = Tables {
                 log: txn.open_table(LOG)?,
@@ -500,6 +529,7 @@ impl Writer {
                         let outcome = self.accept(&mut tables, transaction, now_ms)?;
                         if outcome == Ok(AcceptOutcome::Created) {
                             wrote_data = true;
+                            created += 1;
                             let due = now_ms.saturating_add(self.delay_ms);
                             earliest_new_due =
                                 Some(earliest_new_due.map_or(due, |d: u64| d.min(due)));
@@ -532,7 +562,12 @@ impl Writer {
                     Command::Tick => outcomes.push(Outcome::Done),
                 }
             }
-            self.merge_step(&txn, &mut tables, only_ticks)?
+            let chunk = if only_ticks {
+                IDLE_MERGE_CHUNK
+            } else {
+                MERGE_CHUNK.max(created.saturating_mul(MERGE_PACE))
+            };
+            self.merge_step(&txn, &mut tables, chunk)?
         };
         if wrote_data || probed || merged.is_some() {
             let started = Instant::now();
@@ -557,15 +592,10 @@ impl Writer {
         &self,
         txn: &WriteTransaction,
         tables: &mut Tables<'_>,
-        only_ticks: bool,
+        chunk: usize,
     ) -> Result<Option<MergeStep>, redb::Error> {
         let Some(cycle) = &self.cycle else {
             return Ok(None);
-        };
-        let chunk = if only_ticks {
-            IDLE_MERGE_CHUNK
-        } else {
-            MERGE_CHUNK
         };
         let start = cycle
             .merged_through
