@@ -263,3 +263,54 @@ fn a_data_dir_that_cannot_be_written_is_one_line_naming_it() {
         assert!(line.contains("Read-only"), "{line}");
     }
 }
+
+/// A data dir owned by another user: webhookd run as `nobody` (root only:
+/// it drops privileges with `setpriv`) on a root-owned dir and database.
+#[test]
+fn a_data_dir_owned_by_another_user_is_one_line_and_left_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    if !setpriv.exists() || !common::is_root() {
+        eprintln!("skipping: needs root and setpriv to run webhookd as another user");
+        return;
+    }
+    let parent = tempfile::tempdir().unwrap();
+    let owned = parent.path().join("owned-by-root");
+    std::fs::create_dir(&owned).unwrap();
+    let daemon = Daemon::start(&owned, &[]);
+    assert_eq!(post(daemon.addr, &payload("txn_owned", "1")).status, 202);
+    daemon.terminate();
+    assert!(daemon.wait_exit(common::DEADLINE).0.success());
+    let empty = parent.path().join("empty-owned-by-root");
+    std::fs::create_dir(&empty).unwrap();
+    for dir in [parent.path(), owned.as_path(), empty.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let file = owned.join("webhookd.redb");
+    let before = std::fs::read(&file).unwrap();
+
+    for dir in [&owned, &empty] {
+        let output = std::process::Command::new(setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(common::BIN)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .expect("run webhookd as nobody");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let line = assert_one_line_failure(output.status.code(), &stderr, 1);
+        assert!(line.contains(dir.to_str().unwrap()), "{line}");
+        assert!(line.contains("Permission denied"), "{line}");
+    }
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the database changed"
+    );
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "something was created in the empty dir"
+    );
+}
