@@ -3,7 +3,7 @@
 //!
 //! A thread asks the writer to purge at most [`PURGE_BATCH`] of the oldest
 //! expired transactions at a time, found through the
-//! `transactions_by_processed_at` index (never a scan of the table). Each
+//! `log_by_processed_at` index (never a scan of the table). Each
 //! purge is one command among the webhooks of one writer batch, so it adds
 //! a bounded amount of work to one commit and never holds ingest back for
 //! longer than that; the thread sends the next one only after the previous
