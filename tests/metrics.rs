@@ -25,14 +25,16 @@ fn scrape(addr: SocketAddr) -> Exposition {
         .unwrap_or_else(|e| panic!("not valid OpenMetrics text ({e:?}):\n{}", response.body))
 }
 
-/// The value of the sample of `family` whose labels include all of `labels`
-/// (counters, gauges); `None` if there is no such sample.
-fn value(exposition: &Exposition, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let family = exposition
+/// The sample of `family` whose labels include all of `labels`, if any.
+fn sample<'a>(
+    exposition: &'a Exposition,
+    family: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a openmetrics_parser::Sample<OpenMetricsValue>> {
+    exposition
         .families
         .get(family)
-        .unwrap_or_else(|| panic!("no metric family {family}"));
-    family
+        .unwrap_or_else(|| panic!("no metric family {family}"))
         .iter_samples()
         .find(|sample| {
             let set = sample.get_labelset().expect("labels");
@@ -40,14 +42,16 @@ fn value(exposition: &Exposition, family: &str, labels: &[(&str, &str)]) -> Opti
                 .iter()
                 .all(|(name, value)| set.get_label_value(name) == Some(*value))
         })
-        .map(|sample| match &sample.value {
-            OpenMetricsValue::Counter(c) => c.value.as_f64(),
-            OpenMetricsValue::Gauge(n) | OpenMetricsValue::Unknown(n) => n.as_f64(),
-            other => panic!(
-                "{} is not a counter or gauge: {other:?}",
-                family.family_name
-            ),
-        })
+}
+
+/// The value of the sample of `family` whose labels include all of `labels`
+/// (counters, gauges); `None` if there is no such sample.
+fn value(exposition: &Exposition, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    sample(exposition, family, labels).map(|sample| match &sample.value {
+        OpenMetricsValue::Counter(c) => c.value.as_f64(),
+        OpenMetricsValue::Gauge(n) | OpenMetricsValue::Unknown(n) => n.as_f64(),
+        other => panic!("{family} is not a counter or gauge: {other:?}"),
+    })
 }
 
 /// A counter's or integer gauge's value; a missing series fails the test.
@@ -69,19 +73,11 @@ fn whole(value: f64) -> u64 {
 /// A histogram sample's (count, sum, buckets), checked for consistency:
 /// cumulative buckets never decrease and the `+Inf` bucket equals the count.
 fn histogram(exposition: &Exposition, family: &str, labels: &[(&str, &str)]) -> (u64, f64) {
-    let family_ref = exposition
-        .families
-        .get(family)
-        .unwrap_or_else(|| panic!("no metric family {family}"));
-    assert_eq!(family_ref.family_type, OpenMetricsType::Histogram);
-    let sample = family_ref
-        .iter_samples()
-        .find(|sample| {
-            let set = sample.get_labelset().expect("labels");
-            labels
-                .iter()
-                .all(|(name, value)| set.get_label_value(name) == Some(*value))
-        })
+    assert_eq!(
+        exposition.families[family].family_type,
+        OpenMetricsType::Histogram
+    );
+    let sample = sample(exposition, family, labels)
         .unwrap_or_else(|| panic!("no {family} sample with {labels:?}"));
     let OpenMetricsValue::Histogram(h) = &sample.value else {
         panic!("{family} is not a histogram");

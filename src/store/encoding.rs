@@ -93,13 +93,19 @@ pub fn encode_into(
         .expect("encoding a record into memory cannot fail");
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], version: u8) -> Result<T, DecodeError> {
+/// The bytes after the version byte, if it is `version`.
+fn after_version(bytes: &[u8], version: u8) -> Result<&[u8], DecodeError> {
     let (&found, rest) = bytes
         .split_first()
         .ok_or_else(|| DecodeError::Malformed("empty value".to_owned()))?;
     if found != version {
         return Err(DecodeError::UnknownVersion(found));
     }
+    Ok(rest)
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], version: u8) -> Result<T, DecodeError> {
+    let rest = after_version(bytes, version)?;
     let (value, used): (T, usize) =
         bincode::serde::decode_from_slice(rest, bincode::config::standard())
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -119,7 +125,10 @@ fn currency(bytes: [u8; 3]) -> Result<Currency, DecodeError> {
 /// # Errors
 /// [`DecodeError`] if the value is from an unknown layout or damaged.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
-    let value: RecordV2 = body(bytes, RECORD_VERSION)?;
+    into_record(body(bytes, RECORD_VERSION)?)
+}
+
+fn into_record(value: RecordV2) -> Result<Record, DecodeError> {
     Ok(Record {
         transaction: NewTransaction {
             transaction_id: value.transaction_id,
@@ -140,12 +149,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 /// # Errors
 /// [`DecodeError`] if the value is from an unknown layout or damaged.
 pub fn decode_id(bytes: &[u8]) -> Result<&str, DecodeError> {
-    let (&found, rest) = bytes
-        .split_first()
-        .ok_or_else(|| DecodeError::Malformed("empty value".to_owned()))?;
-    if found != RECORD_VERSION {
-        return Err(DecodeError::UnknownVersion(found));
-    }
+    let rest = after_version(bytes, RECORD_VERSION)?;
     let (id, _): (&str, usize) =
         bincode::serde::borrow_decode_from_slice(rest, bincode::config::standard())
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -158,14 +162,12 @@ pub fn decode_id(bytes: &[u8]) -> Result<&str, DecodeError> {
 /// [`DecodeError`] if the value is not a version 1 record.
 pub fn decode_v1(id: &str, bytes: &[u8]) -> Result<Record, DecodeError> {
     let value: RecordV1 = body(bytes, RECORD_VERSION_1)?;
-    Ok(Record {
-        transaction: NewTransaction {
-            transaction_id: id.to_owned(),
-            source_account: value.source_account,
-            destination_account: value.destination_account,
-            amount: Decimal::deserialize(value.amount),
-            currency: currency(value.currency)?,
-        },
+    into_record(RecordV2 {
+        transaction_id: id.to_owned(),
+        source_account: value.source_account,
+        destination_account: value.destination_account,
+        amount: value.amount,
+        currency: value.currency,
         status: value.status,
         created_at_ms: value.created_at_ms,
         processed_at_ms: value.processed_at_ms,
