@@ -732,11 +732,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// Every pending job, earliest first.
-    pub fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.due_jobs(u64::MAX, usize::MAX)
-    }
-
     /// Counts of pending jobs, for monitoring: all of them, those already
     /// due at `now_ms` (the backlog), and the due time of the earliest.
     /// Counting the backlog walks it, so it stops at [`BACKLOG_COUNT_CAP`].

@@ -190,10 +190,7 @@ impl WriterHandle {
     /// on a disk that refuses the records themselves.
     #[must_use]
     pub fn recent_failure(&self) -> Option<String> {
-        lock(&self.last_failure)
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < FAILURE_MEMORY)
-            .map(|(_, reason)| reason.clone())
+        recent_failure(&self.last_failure)
     }
 
     fn try_send(&self, command: Command) -> Result<(), WriteError> {
@@ -344,13 +341,10 @@ impl Writer {
             }
             // Merging can wait: no tick work while writes are failing (a
             // failed commit forces a reopen), or when there is none.
-            let failing = self.needs_reopen
-                || lock(&self.last_failure)
-                    .as_ref()
-                    .is_some_and(|(at, _)| at.elapsed() < FAILURE_MEMORY);
+            let failing = self.needs_reopen || recent_failure(&self.last_failure).is_some();
             let busy = self.last_work.elapsed() < IDLE_AFTER;
             if only_ticks
-                && (failing || busy || (self.cycle.is_none() && self.unindexed_len() == 0))
+                && (failing || busy || (self.cycle.is_none() && self.store.unindexed_count() == 0))
             {
                 batch.clear();
                 continue;
@@ -400,8 +394,8 @@ impl Writer {
     /// the next start rebuilds the map from the log instead.
     fn merge_everything(&mut self) {
         let started = Instant::now();
-        let waiting = self.unindexed_len();
-        while !self.needs_reopen && (self.cycle.is_some() || self.unindexed_len() > 0) {
+        let waiting = self.store.unindexed_count();
+        while !self.needs_reopen && (self.cycle.is_some() || self.store.unindexed_count() > 0) {
             let now_ms = now_ms().max(self.last_now_ms);
             if let Err(e) = self.apply(&[Command::Tick], now_ms) {
                 tracing::warn!(error = %e, "could not finish merging ids at shutdown; the next start rebuilds them from the log");
@@ -456,14 +450,6 @@ impl Writer {
         }
     }
 
-    fn unindexed_len(&self) -> usize {
-        self.store
-            .unindexed()
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
     /// Starts a merge cycle over every committed log entry not yet in
     /// `ids`: the active map becomes the frozen one (a move, no copy).
     fn start_merge_cycle(&mut self) {
@@ -509,7 +495,7 @@ impl Writer {
         // A cycle starts before this batch's own acceptances, so it holds
         // only committed log entries.
         if self.cycle.is_none() {
-            let waiting = self.unindexed_len();
+            let waiting = self.store.unindexed_count();
             if waiting >= MERGE_THRESHOLD || (only_ticks && waiting > 0) {
                 self.start_merge_cycle();
             }
@@ -938,6 +924,14 @@ fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     // The map is only changed by whole inserts and removes; a panic
     // elsewhere cannot leave it half-written.
     lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The reason of a write failure within the last [`FAILURE_MEMORY`].
+fn recent_failure(last_failure: &Mutex<Option<(Instant, String)>>) -> Option<String> {
+    lock(last_failure)
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < FAILURE_MEMORY)
+        .map(|(_, reason)| reason.clone())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
