@@ -1,10 +1,13 @@
 //! How a [`Record`] is laid out in the `log` table.
 //!
 //! Every value starts with a one-byte format version, followed by the
-//! bincode (standard config) encoding of that version's struct. Version 2
-//! (written today) carries the transaction id, since the `log` table is
-//! keyed by arrival, not by id. Version 1 values (schema 1's
-//! `transactions` table, keyed by id) are read only to migrate them.
+//! bincode (standard config) encoding of that version's struct. Version 3
+//! (written today) is version 2 plus the time processing falls due, so the
+//! jobs of the log's tail can be rebuilt from the log alone (see
+//! [`super::writer`]). Version 2 carries the transaction id, since the `log`
+//! table is keyed by arrival, not by id; it is still read as it is.
+//! Version 1 values (schema 1's `transactions` table, keyed by id) are
+//! read only to migrate them.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -12,14 +15,17 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Currency, NewTransaction, Record, Status};
 
 /// Version byte of the layout written today.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
+
+/// Version byte of schema 2's layout (no due time).
+pub const RECORD_VERSION_2: u8 = 2;
 
 /// Version byte of schema 1's layout (no id inside).
 pub const RECORD_VERSION_1: u8 = 1;
 
-/// Layout version 2, as written (borrows the strings it writes).
+/// Layout version 3, as written (borrows the strings it writes).
 #[derive(Serialize)]
-struct RecordV2Ref<'a> {
+struct RecordV3Ref<'a> {
     transaction_id: &'a str,
     source_account: &'a str,
     destination_account: &'a str,
@@ -29,9 +35,24 @@ struct RecordV2Ref<'a> {
     status: Status,
     created_at_ms: u64,
     processed_at_ms: Option<u64>,
+    due_at_ms: Option<u64>,
 }
 
-/// Layout version 2, as read. Field order must match [`RecordV2Ref`].
+/// Layout version 3, as read. Field order must match [`RecordV3Ref`].
+#[derive(Deserialize)]
+struct RecordV3 {
+    transaction_id: String,
+    source_account: String,
+    destination_account: String,
+    amount: [u8; 16],
+    currency: [u8; 3],
+    status: Status,
+    created_at_ms: u64,
+    processed_at_ms: Option<u64>,
+    due_at_ms: Option<u64>,
+}
+
+/// Layout version 2, as read: version 3 without the due time.
 #[derive(Deserialize)]
 struct RecordV2 {
     transaction_id: String,
@@ -68,44 +89,57 @@ pub enum DecodeError {
     Malformed(String),
 }
 
+/// The stored state of a transaction besides its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    /// Current status.
+    pub status: Status,
+    /// When the acceptance committed (ms).
+    pub created_at_ms: u64,
+    /// When processing committed (ms).
+    pub processed_at_ms: Option<u64>,
+    /// When processing falls due (ms), if known.
+    pub due_at_ms: Option<u64>,
+}
+
 /// Encodes a record into `out` (cleared first), ready to store in the log.
-pub fn encode_into(
-    transaction: &NewTransaction,
-    status: Status,
-    created_at_ms: u64,
-    processed_at_ms: Option<u64>,
-    out: &mut Vec<u8>,
-) {
+pub fn encode_into(transaction: &NewTransaction, state: State, out: &mut Vec<u8>) {
     out.clear();
     out.push(RECORD_VERSION);
-    let value = RecordV2Ref {
+    let value = RecordV3Ref {
         transaction_id: &transaction.transaction_id,
         source_account: &transaction.source_account,
         destination_account: &transaction.destination_account,
         amount: transaction.amount.serialize(),
         currency: transaction.currency.bytes(),
-        status,
-        created_at_ms,
-        processed_at_ms,
+        status: state.status,
+        created_at_ms: state.created_at_ms,
+        processed_at_ms: state.processed_at_ms,
+        due_at_ms: state.due_at_ms,
     };
     // Invariant: encoding plain fields into a Vec cannot fail.
     bincode::serde::encode_into_std_write(&value, out, bincode::config::standard())
         .expect("encoding a record into memory cannot fail");
 }
 
-/// The bytes after the version byte, if it is `version`.
-fn after_version(bytes: &[u8], version: u8) -> Result<&[u8], DecodeError> {
+/// The version byte and the bytes after it.
+fn split_version(bytes: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
     let (&found, rest) = bytes
         .split_first()
         .ok_or_else(|| DecodeError::Malformed("empty value".to_owned()))?;
+    Ok((found, rest))
+}
+
+/// The bytes after the version byte, if it is `version`.
+fn after_version(bytes: &[u8], version: u8) -> Result<&[u8], DecodeError> {
+    let (found, rest) = split_version(bytes)?;
     if found != version {
         return Err(DecodeError::UnknownVersion(found));
     }
     Ok(rest)
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], version: u8) -> Result<T, DecodeError> {
-    let rest = after_version(bytes, version)?;
+fn body<T: serde::de::DeserializeOwned>(rest: &[u8]) -> Result<T, DecodeError> {
     let (value, used): (T, usize) =
         bincode::serde::decode_from_slice(rest, bincode::config::standard())
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -125,7 +159,36 @@ fn currency(bytes: [u8; 3]) -> Result<Currency, DecodeError> {
 /// # Errors
 /// [`DecodeError`] if the value is from an unknown layout or damaged.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
-    into_record(body(bytes, RECORD_VERSION)?)
+    Ok(decode_with_due(bytes)?.0)
+}
+
+/// Decodes a value of the `log` table with the time its processing falls
+/// due (`None` in a schema 2 value, whose job row holds it).
+///
+/// # Errors
+/// [`DecodeError`] if the value is from an unknown layout or damaged.
+pub fn decode_with_due(bytes: &[u8]) -> Result<(Record, Option<u64>), DecodeError> {
+    match split_version(bytes)? {
+        (RECORD_VERSION, rest) => {
+            let value: RecordV3 = body(rest)?;
+            let due = value.due_at_ms;
+            Ok((
+                into_record(RecordV2 {
+                    transaction_id: value.transaction_id,
+                    source_account: value.source_account,
+                    destination_account: value.destination_account,
+                    amount: value.amount,
+                    currency: value.currency,
+                    status: value.status,
+                    created_at_ms: value.created_at_ms,
+                    processed_at_ms: value.processed_at_ms,
+                })?,
+                due,
+            ))
+        }
+        (RECORD_VERSION_2, rest) => Ok((into_record(body(rest)?)?, None)),
+        (other, _) => Err(DecodeError::UnknownVersion(other)),
+    }
 }
 
 fn into_record(value: RecordV2) -> Result<Record, DecodeError> {
@@ -149,7 +212,10 @@ fn into_record(value: RecordV2) -> Result<Record, DecodeError> {
 /// # Errors
 /// [`DecodeError`] if the value is from an unknown layout or damaged.
 pub fn decode_id(bytes: &[u8]) -> Result<&str, DecodeError> {
-    let rest = after_version(bytes, RECORD_VERSION)?;
+    let rest = match split_version(bytes)? {
+        (RECORD_VERSION | RECORD_VERSION_2, rest) => rest,
+        (other, _) => return Err(DecodeError::UnknownVersion(other)),
+    };
     let (id, _): (&str, usize) =
         bincode::serde::borrow_decode_from_slice(rest, bincode::config::standard())
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -161,7 +227,7 @@ pub fn decode_id(bytes: &[u8]) -> Result<&str, DecodeError> {
 /// # Errors
 /// [`DecodeError`] if the value is not a version 1 record.
 pub fn decode_v1(id: &str, bytes: &[u8]) -> Result<Record, DecodeError> {
-    let value: RecordV1 = body(bytes, RECORD_VERSION_1)?;
+    let value: RecordV1 = body(after_version(bytes, RECORD_VERSION_1)?)?;
     into_record(RecordV2 {
         transaction_id: id.to_owned(),
         source_account: value.source_account,
@@ -189,22 +255,37 @@ mod tests {
         }
     }
 
+    fn processing(created_at_ms: u64, due_at_ms: Option<u64>) -> State {
+        State {
+            status: Status::Processing,
+            created_at_ms,
+            processed_at_ms: None,
+            due_at_ms,
+        }
+    }
+
     #[test]
     fn records_round_trip_exactly() {
         let tx = sample();
         let mut buf = Vec::new();
-        for (status, processed) in [
-            (Status::Processing, None),
-            (Status::Processed, Some(1_764_000_000_999)),
+        for state in [
+            processing(1_764_000_000_123, Some(1_764_000_030_123)),
+            State {
+                status: Status::Processed,
+                created_at_ms: 1_764_000_000_123,
+                processed_at_ms: Some(1_764_000_000_999),
+                due_at_ms: None,
+            },
         ] {
-            encode_into(&tx, status, 1_764_000_000_123, processed, &mut buf);
+            encode_into(&tx, state, &mut buf);
             assert_eq!(buf[0], RECORD_VERSION);
-            let back = decode(&buf).unwrap();
+            let (back, due) = decode_with_due(&buf).unwrap();
             assert_eq!(decode_id(&buf).unwrap(), tx.transaction_id);
             assert_eq!(back.transaction, tx);
-            assert_eq!(back.status, status);
+            assert_eq!(back.status, state.status);
             assert_eq!(back.created_at_ms, 1_764_000_000_123);
-            assert_eq!(back.processed_at_ms, processed);
+            assert_eq!(back.processed_at_ms, state.processed_at_ms);
+            assert_eq!(due, state.due_at_ms);
             assert_eq!(
                 crate::model::format_amount(back.transaction.amount),
                 "12345678901234567.89"
@@ -212,25 +293,74 @@ mod tests {
         }
     }
 
+    /// Schema 2's layout, spelled out here independently of the reader.
+    #[derive(Serialize)]
+    struct WrittenV2<'a> {
+        transaction_id: &'a str,
+        source_account: &'a str,
+        destination_account: &'a str,
+        amount: [u8; 16],
+        currency: [u8; 3],
+        status: Status,
+        created_at_ms: u64,
+        processed_at_ms: Option<u64>,
+    }
+
+    #[test]
+    fn schema_2_values_are_still_read() {
+        let tx = sample();
+        let mut buf = vec![RECORD_VERSION_2];
+        bincode::serde::encode_into_std_write(
+            WrittenV2 {
+                transaction_id: &tx.transaction_id,
+                source_account: &tx.source_account,
+                destination_account: &tx.destination_account,
+                amount: tx.amount.serialize(),
+                currency: tx.currency.bytes(),
+                status: Status::Processed,
+                created_at_ms: 7,
+                processed_at_ms: Some(9),
+            },
+            &mut buf,
+            bincode::config::standard(),
+        )
+        .unwrap();
+        let (back, due) = decode_with_due(&buf).unwrap();
+        assert_eq!(back.transaction, tx);
+        assert_eq!(
+            (back.status, back.created_at_ms, back.processed_at_ms, due),
+            (Status::Processed, 7, Some(9), None)
+        );
+        assert_eq!(decode_id(&buf).unwrap(), tx.transaction_id);
+    }
+
     #[test]
     fn unknown_versions_and_damage_are_reported_not_guessed() {
         let mut buf = Vec::new();
-        encode_into(&sample(), Status::Processing, 1, None, &mut buf);
+        encode_into(&sample(), processing(1, Some(2)), &mut buf);
         let mut newer = buf.clone();
         newer[0] = RECORD_VERSION + 1;
         assert!(matches!(
             decode(&newer),
-            Err(DecodeError::UnknownVersion(3))
+            Err(DecodeError::UnknownVersion(4))
+        ));
+        assert!(matches!(
+            decode_id(&newer),
+            Err(DecodeError::UnknownVersion(4))
         ));
         assert!(decode(&buf[..buf.len() - 3]).is_err());
         assert!(decode(&[]).is_err());
         let mut longer = buf.clone();
         longer.push(0);
         assert!(decode(&longer).is_err());
-        // A version 1 value is not silently read as version 2, nor the reverse.
+        // A version 3 value is not read as version 2 (it has one more field).
+        let mut relabelled = buf.clone();
+        relabelled[0] = RECORD_VERSION_2;
+        assert!(decode(&relabelled).is_err());
+        // A version 1 value is not silently read as a later one, nor the reverse.
         assert!(matches!(
             decode_v1("x", &buf),
-            Err(DecodeError::UnknownVersion(2))
+            Err(DecodeError::UnknownVersion(3))
         ));
     }
 }

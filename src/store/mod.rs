@@ -1,7 +1,7 @@
 //! The embedded database: tables, their encoding, opening and checking the
 //! file, reads, and (in [`writer`]) the single group-committing writer.
 //!
-//! Layout of `<data-dir>/webhookd.redb` (schema 2):
+//! Layout of `<data-dir>/webhookd.redb` (schema 3):
 //! - `log`: log key → versioned bincode [`Record`] ([`encoding`]). The log
 //!   key is `created_ms << 20 | n`: records are keyed by arrival, so new
 //!   ones append at the right edge of the B-tree and one commit writes a
@@ -15,13 +15,20 @@
 //!   yet processed: the scheduler's index, in due order;
 //! - `log_by_status`: `(status, log key)` → `()`: the filtered listing index;
 //! - `log_by_processed_at`: `(processed_ms, log key)` → `()`: the retention index;
-//! - `meta`: [`SCHEMA_VERSION_KEY`] → [`SCHEMA_VERSION`], and
-//!   [`INDEXED_UPTO_KEY`] → the log key up to which every entry is in `ids`.
+//! - `meta`: [`SCHEMA_VERSION_KEY`] → [`SCHEMA_VERSION`],
+//!   [`INDEXED_UPTO_KEY`] → the log key up to which every entry is in `ids`,
+//!   and [`ROWS_UPTO_KEY`] → the log key up to which every entry has its
+//!   `jobs_by_due` and `log_by_status` rows.
 //!
-//! A record, its job and its index rows are written in the same write
-//! transaction, so they never disagree after a crash. Everything that must
-//! survive a crash is in these tables; the in-memory map only caches the
-//! ids of the log's tail, and is rebuilt from it.
+//! The log is the truth; every other table is an index of it. Accepting a
+//! webhook writes only its log entry (whose record carries its due time),
+//! so the commit a 202 waits for touches one table. The writer adds the
+//! job and listing rows of the log's tail in bulk, every few thousand
+//! entries, in the same write transaction that moves [`ROWS_UPTO_KEY`];
+//! until then those jobs are in an in-memory map that reads consult along
+//! with the tables. Processing writes its rows (status and retention)
+//! directly. Everything that must survive a crash is in the log; the
+//! in-memory maps only cache the log's tail, and are rebuilt from it.
 
 pub mod backend;
 pub mod encoding;
@@ -53,14 +60,22 @@ pub const DB_FILE_NAME: &str = "webhookd.redb";
 ///
 /// History: 1 had `transactions` keyed by id, `jobs` and `meta`; 2 keys
 /// records by arrival (`log`) with the `ids`, listing and retention
-/// indexes. [`Store::open`] migrates a version 1 file.
-pub const SCHEMA_VERSION: u64 = 2;
+/// indexes; 3 adds the due time to records and [`ROWS_UPTO_KEY`], so job
+/// and listing rows may lag the log (a version 2 webhookd would not see
+/// the lagging jobs, hence the new version). [`Store::open`] migrates
+/// version 1 and 2 files.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Key in `meta` holding the schema version.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 
 /// Key in `meta`: every log entry with a key up to this one is in `ids`.
 pub const INDEXED_UPTO_KEY: &str = "ids_complete_upto";
+
+/// Key in `meta`: every log entry with a key up to this one has its
+/// `jobs_by_due` and `log_by_status` rows; later entries have only those a
+/// completion wrote (PROCESSED listing and retention rows).
+pub const ROWS_UPTO_KEY: &str = "rows_complete_upto";
 
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(crate) const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
@@ -247,8 +262,12 @@ pub struct IndexRows {
     pub by_processed: Vec<(u64, u64)>,
     /// Every jobs row.
     pub jobs: Vec<Job>,
+    /// Jobs of the log's tail, after [`ROWS_UPTO_KEY`] (not yet rows).
+    pub tail_jobs: Vec<Job>,
     /// [`INDEXED_UPTO_KEY`].
     pub indexed_upto: u64,
+    /// [`ROWS_UPTO_KEY`].
+    pub rows_upto: u64,
 }
 
 /// How long a reopen waits for in-flight reads to let go of the old handle.
@@ -271,14 +290,19 @@ struct Shared {
     db: RwLock<Option<Handle>>,
     /// Log entries failed commits may have left in the file; reads skip them.
     unacknowledged: unacknowledged::Unacknowledged,
-    /// Log entries not yet in the `ids` table: id → log key. The writer
-    /// adds an entry in the same batch as the log entry, and removes it
-    /// only after the commit that put it into `ids`; so every stored
-    /// transaction is always findable through this map or `ids`.
+    /// The log's tail: ids not yet in `ids` and jobs not yet in `jobs_by_due`.
     unindexed: RwLock<Unindexed>,
 }
 
-/// Ids of log entries not yet in the `ids` table, with their log keys.
+/// What of the log's tail is not yet in the index tables.
+///
+/// The writer adds an id in the same batch as the log entry, and removes
+/// it only after the commit that put it into `ids`; so every stored
+/// transaction is always findable through this map or `ids`. A job is
+/// added after the commit of its log entry and removed after the commit
+/// that wrote its row (or processed it), so a reader that copies the jobs
+/// before opening its read transaction, and keeps those after the
+/// snapshot's [`ROWS_UPTO_KEY`], sees every job exactly once.
 #[derive(Default)]
 pub(crate) struct Unindexed {
     /// Accepted since the current merge cycle began.
@@ -287,6 +311,8 @@ pub(crate) struct Unindexed {
     /// cycles). Already in id order, so a cycle starts by moving `active`
     /// here, without copying or sorting anything.
     pub(crate) frozen: Arc<BTreeMap<Box<str>, u64>>,
+    /// Log key → due time of every PROCESSING entry without its job row.
+    pub(crate) jobs: BTreeMap<u64, u64>,
 }
 
 impl Unindexed {
@@ -297,6 +323,15 @@ impl Unindexed {
     pub(crate) fn len(&self) -> usize {
         self.active.len() + self.frozen.len()
     }
+}
+
+/// How far the job and listing rows lag the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RowsLag {
+    /// Committed [`ROWS_UPTO_KEY`].
+    pub(crate) upto: u64,
+    /// Log entries after it.
+    pub(crate) entries: usize,
 }
 
 /// An open database and whether it may be written.
@@ -375,6 +410,9 @@ impl Store {
                     reason,
                 },
             })?;
+        }
+        if found == Some(2) {
+            migrate_from_v2(&db).map_err(&database_error)?;
         }
         initialise(&db).map_err(&database_error)?;
         let unindexed = load_unindexed(&db).map_err(&database_error)?;
@@ -542,6 +580,33 @@ impl Store {
             .map_or(0, |(key, _)| key.value()))
     }
 
+    /// How far the job and listing rows lag the log, as committed.
+    pub(crate) fn rows_lag(&self) -> Result<RowsLag, StoreError> {
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
+        let upto = rows_upto(&txn)?;
+        let log = txn.open_table(LOG).map_err(StoreError::storage)?;
+        let entries = log
+            .range(upto.saturating_add(1)..)
+            .map_err(StoreError::storage)?
+            .count();
+        Ok(RowsLag { upto, entries })
+    }
+
+    /// Rebuilds the tail's jobs from the file, after a reopen: a failed
+    /// commit may or may not show in it, and the file is the truth.
+    pub(crate) fn reload_tail_jobs(&self) -> Result<(), StoreError> {
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
+        let jobs = load_tail_jobs(&txn).map_err(StoreError::storage)?;
+        self.shared
+            .unindexed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .jobs = jobs;
+        Ok(())
+    }
+
     /// [`INDEXED_UPTO_KEY`] as committed.
     pub(crate) fn indexed_upto(&self) -> Result<u64, StoreError> {
         let db = self.handle()?;
@@ -553,10 +618,29 @@ impl Store {
             .map_or(0, |v| v.value()))
     }
 
+    /// The jobs of the log's tail that `keep` selects. Called before the
+    /// read transaction opens; the caller then drops those at or before
+    /// the snapshot's [`ROWS_UPTO_KEY`] ([`TailJobs::after`]).
+    fn tail_jobs(&self, keep: impl Fn(&Job) -> bool) -> TailJobs {
+        TailJobs(
+            self.shared
+                .unindexed
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .jobs
+                .iter()
+                .map(|(&log_key, &due_ms)| Job { due_ms, log_key })
+                .filter(keep)
+                .collect(),
+        )
+    }
+
     /// Up to `limit` jobs due at or before `now_ms`, earliest first.
     pub fn due_jobs(&self, now_ms: u64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let tail = self.tail_jobs(|job| job.due_ms <= now_ms);
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
+        let tail = tail.after(rows_upto(&txn)?);
         let table = txn.open_table(JOBS).map_err(StoreError::storage)?;
         let mut jobs = Vec::new();
         for row in table.iter().map_err(StoreError::storage)?.take(limit) {
@@ -567,26 +651,22 @@ impl Store {
             }
             jobs.push(Job { due_ms, log_key });
         }
+        if !tail.is_empty() {
+            jobs.extend(tail);
+            jobs.sort_unstable_by_key(|job| (job.due_ms, job.log_key));
+            jobs.truncate(limit);
+        }
         Ok(jobs)
     }
 
     /// Due time of the earliest pending job, if any.
     pub fn next_due(&self) -> Result<Option<u64>, StoreError> {
-        let db = self.handle()?;
-        let txn = db.begin_read().map_err(StoreError::storage)?;
-        let table = txn.open_table(JOBS).map_err(StoreError::storage)?;
-        Ok(table
-            .first()
-            .map_err(StoreError::storage)?
-            .map(|(key, _)| key.value().0))
+        Ok(self.job_stats(0)?.earliest_due_ms)
     }
 
     /// Number of pending (not yet processed) jobs.
     pub fn pending_jobs(&self) -> Result<u64, StoreError> {
-        let db = self.handle()?;
-        let txn = db.begin_read().map_err(StoreError::storage)?;
-        let table = txn.open_table(JOBS).map_err(StoreError::storage)?;
-        table.len().map_err(StoreError::storage)
+        Ok(self.job_stats(0)?.pending)
     }
 
     /// Visits every stored transaction in arrival order, inside one read
@@ -616,6 +696,10 @@ impl Store {
     /// later page; a transaction changing status keeps its place in an
     /// unfiltered list.
     pub fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let tail = match query.status {
+            Some(Status::Processing) => self.tail_jobs(|_| true),
+            _ => TailJobs(Vec::new()),
+        };
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
         let log = txn.open_table(LOG).map_err(StoreError::storage)?;
@@ -650,21 +734,42 @@ impl Store {
                     }
                 }
                 Some(status) => {
+                    // Tail entries (PROCESSING, without listing rows yet)
+                    // all come after every row, so they lead, newest first.
+                    let tail = match status {
+                        Status::Processing => tail.after(rows_upto(&txn)?),
+                        Status::Processed => Vec::new(),
+                    };
+                    let tail = tail
+                        .into_iter()
+                        .rev()
+                        .map(|job| Ok(job.log_key))
+                        .filter(|key| matches!(key, Ok(k) if (low..high).contains(k)));
                     let index = txn.open_table(BY_STATUS).map_err(StoreError::storage)?;
                     let s = status_key(status);
-                    for row in index
+                    let rows = index
                         .range((s, low)..(s, high))
                         .map_err(StoreError::storage)?
                         .rev()
-                        .filter(|row| !matches!(row, Ok((key, _)) if refused.contains_key(key.value().1)))
-                        .take(wanted)
+                        .map(|row| row.map(|(key, _)| key.value().1));
+                    for key in tail
+                        .chain(rows)
+                        .filter(|key| !matches!(key, Ok(k) if refused.contains_key(*k)))
                     {
-                        let (key, _) = row.map_err(StoreError::storage)?;
-                        let key = key.value().1;
-                        if let Some(record) = read_record(&log, key)? {
-                            found.push((key, record));
-                        } else {
-                            tracing::error!(log_key = key, "listing index names a missing record");
+                        let key = key.map_err(StoreError::storage)?;
+                        match read_record(&log, key)? {
+                            // A tail entry processed since the copy was taken.
+                            Some(record) if record.status != status => {}
+                            Some(record) => found.push((key, record)),
+                            None => {
+                                tracing::error!(
+                                    log_key = key,
+                                    "listing index names a missing record"
+                                );
+                            }
+                        }
+                        if found.len() == wanted {
+                            break;
                         }
                     }
                 }
@@ -683,9 +788,12 @@ impl Store {
     }
     /// Every index row (for `webhookd check`), from one read transaction.
     pub fn index_rows(&self) -> Result<IndexRows, StoreError> {
+        let tail = self.tail_jobs(|_| true);
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
         let mut rows = IndexRows::default();
+        rows.rows_upto = rows_upto(&txn)?;
+        rows.tail_jobs = tail.after(rows.rows_upto);
         for row in txn
             .open_table(IDS)
             .map_err(StoreError::storage)?
@@ -736,16 +844,24 @@ impl Store {
     /// due at `now_ms` (the backlog), and the due time of the earliest.
     /// Counting the backlog walks it, so it stops at [`BACKLOG_COUNT_CAP`].
     pub fn job_stats(&self, now_ms: u64) -> Result<JobStats, StoreError> {
+        let tail = self.tail_jobs(|_| true);
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
+        let tail = tail.after(rows_upto(&txn)?);
         let table = txn.open_table(JOBS).map_err(StoreError::storage)?;
-        let pending = table.len().map_err(StoreError::storage)?;
-        let earliest_due_ms = table
+        let pending = table.len().map_err(StoreError::storage)? + tail.len() as u64;
+        let table_earliest = table
             .first()
             .map_err(StoreError::storage)?
             .map(|(key, _)| key.value().0);
-        let mut due = 0;
-        if earliest_due_ms.is_some_and(|d| d <= now_ms) {
+        let tail_earliest = tail.iter().map(|job| job.due_ms).min();
+        let earliest_due_ms = match (table_earliest, tail_earliest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let table_earliest_due = table_earliest.is_some_and(|d| d <= now_ms);
+        let mut due = tail.iter().filter(|job| job.due_ms <= now_ms).count() as u64;
+        if table_earliest_due {
             for row in table.iter().map_err(StoreError::storage)? {
                 let (key, _) = row.map_err(StoreError::storage)?;
                 if key.value().0 > now_ms || due >= BACKLOG_COUNT_CAP {
@@ -760,6 +876,30 @@ impl Store {
             earliest_due_ms,
         })
     }
+}
+
+/// Jobs of the log's tail copied before a read transaction opened.
+struct TailJobs(Vec<Job>);
+
+impl TailJobs {
+    /// Those not yet rows in a snapshot whose [`ROWS_UPTO_KEY`] is `upto`:
+    /// the others were merged into `jobs_by_due` (and are read from there)
+    /// after the copy was taken. In log-key order.
+    fn after(self, upto: u64) -> Vec<Job> {
+        let mut jobs = self.0;
+        jobs.retain(|job| job.log_key > upto);
+        jobs
+    }
+}
+
+/// [`ROWS_UPTO_KEY`] in a snapshot.
+fn rows_upto(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(META)
+        .map_err(StoreError::storage)?
+        .get(ROWS_UPTO_KEY)
+        .map_err(StoreError::storage)?
+        .map_or(0, |v| v.value()))
 }
 
 /// The record under `key`, if any.
@@ -844,26 +984,51 @@ fn initialise(db: &Database) -> Result<(), redb::Error> {
         txn.open_table(BY_PROCESSED)?;
         let mut meta = txn.open_table(META)?;
         meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
-        if meta.get(INDEXED_UPTO_KEY)?.is_none() {
-            meta.insert(INDEXED_UPTO_KEY, 0)?;
+        for watermark in [INDEXED_UPTO_KEY, ROWS_UPTO_KEY] {
+            if meta.get(watermark)?.is_none() {
+                meta.insert(watermark, 0)?;
+            }
         }
     }
     txn.commit()?;
     Ok(())
 }
 
-/// The ids of the log entries after [`INDEXED_UPTO_KEY`]: those the writer
-/// had not yet put into `ids` when the daemon stopped. At most a few
-/// merge cycles' worth, so this takes milliseconds.
-fn load_unindexed(db: &Database) -> Result<Unindexed, redb::Error> {
+/// Schema 2 → 3: a version 2 file has every job and listing row, so the
+/// rows are complete up to its last log entry. One commit.
+fn migrate_from_v2(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let last = txn
+            .open_table(LOG)?
+            .last()?
+            .map_or(0, |(key, _)| key.value());
+        let mut meta = txn.open_table(META)?;
+        meta.insert(ROWS_UPTO_KEY, last)?;
+        meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+    }
+    txn.commit()?;
+    tracing::info!("migrated the database from schema version 2 to 3");
+    Ok(())
+}
+
+/// The log's tail as the daemon left it: the ids of the entries after
+/// [`INDEXED_UPTO_KEY`], which the writer had not yet put into `ids`, and
+/// the jobs of the PROCESSING entries after [`ROWS_UPTO_KEY`], whose rows
+/// it had not yet written. At most a few merge cycles' worth, so this
+/// takes milliseconds.
+fn load_unindexed(db: &impl ReadableDatabase) -> Result<Unindexed, redb::Error> {
     let txn = db.begin_read()?;
-    let upto = txn
+    let ids_upto = txn
         .open_table(META)?
         .get(INDEXED_UPTO_KEY)?
         .map_or(0, |v| v.value());
+    let mut unindexed = Unindexed {
+        jobs: load_tail_jobs(&txn)?,
+        ..Unindexed::default()
+    };
     let log = txn.open_table(LOG)?;
-    let mut unindexed = Unindexed::default();
-    for row in log.range(upto.saturating_add(1)..)? {
+    for row in log.range(ids_upto.saturating_add(1)..)? {
         let (key, value) = row?;
         match encoding::decode_id(value.value()) {
             Ok(id) => {
@@ -877,6 +1042,39 @@ fn load_unindexed(db: &Database) -> Result<Unindexed, redb::Error> {
     Ok(unindexed)
 }
 
+/// Log key → due time of the PROCESSING entries after [`ROWS_UPTO_KEY`].
+fn load_tail_jobs(txn: &redb::ReadTransaction) -> Result<BTreeMap<u64, u64>, redb::Error> {
+    let upto = txn
+        .open_table(META)?
+        .get(ROWS_UPTO_KEY)?
+        .map_or(0, |v| v.value());
+    let log = txn.open_table(LOG)?;
+    let mut jobs = BTreeMap::new();
+    for row in log.range(upto.saturating_add(1)..)? {
+        let (key, value) = row?;
+        let key = key.value();
+        match encoding::decode_with_due(value.value()) {
+            Ok((record, _)) if record.status == Status::Processed => {}
+            Ok((_, Some(due))) => {
+                jobs.insert(key, due);
+            }
+            // Only schema 2 records lack a due time, and the migration
+            // puts all of them before the watermark.
+            Ok((record, None)) => {
+                tracing::error!(
+                    log_key = key,
+                    "PROCESSING record without a due time; due now"
+                );
+                jobs.insert(key, record.created_at_ms);
+            }
+            Err(e) => {
+                tracing::error!(log_key = key, error = %e, "record does not decode; not scheduled");
+            }
+        }
+    }
+    Ok(jobs)
+}
+
 enum MigrationError {
     Storage(redb::Error),
     Record(String),
@@ -888,14 +1086,14 @@ impl<E: Into<redb::Error>> From<E> for MigrationError {
     }
 }
 
-/// Rewrites a version 1 file (records keyed by id) into schema 2: every
+/// Rewrites a version 1 file (records keyed by id) into schema 3: every
 /// record into the log in creation order, with its `ids`, listing and
 /// retention rows, and every job re-keyed to its record's log key.
 ///
 /// Every record is decoded before anything is written, so a file with a
 /// damaged record is refused unchanged. The new tables are filled in
 /// chunks of [`MIGRATION_CHUNK`] records per commit; the old tables are
-/// dropped and the version set to 2 in the last commit, so a crash
+/// dropped and the version set in the last commit, so a crash
 /// part-way leaves a version 1 file whose half-built new tables the next
 /// attempt clears first.
 fn migrate_from_v1(db: &Database) -> Result<(), MigrationError> {
@@ -935,6 +1133,10 @@ fn migrate_from_v1(db: &Database) -> Result<(), MigrationError> {
     txn.delete_table(BY_PROCESSED)?;
     txn.commit()?;
 
+    let due_of: HashMap<&str, u64> = v1_jobs
+        .iter()
+        .map(|(due, id)| (id.as_str(), *due))
+        .collect();
     let mut key_of: HashMap<String, u64> = HashMap::with_capacity(records.len());
     let mut last_key = 0;
     let mut buf = Vec::new();
@@ -950,9 +1152,12 @@ fn migrate_from_v1(db: &Database) -> Result<(), MigrationError> {
                 let id = record.transaction.transaction_id.as_str();
                 encoding::encode_into(
                     &record.transaction,
-                    record.status,
-                    record.created_at_ms,
-                    record.processed_at_ms,
+                    encoding::State {
+                        status: record.status,
+                        created_at_ms: record.created_at_ms,
+                        processed_at_ms: record.processed_at_ms,
+                        due_at_ms: due_of.get(id).copied(),
+                    },
                     &mut buf,
                 );
                 log.insert(last_key, buf.as_slice())?;
@@ -983,6 +1188,7 @@ fn migrate_from_v1(db: &Database) -> Result<(), MigrationError> {
         txn.delete_table(V1_JOBS)?;
         let mut meta = txn.open_table(META)?;
         meta.insert(INDEXED_UPTO_KEY, last_key)?;
+        meta.insert(ROWS_UPTO_KEY, last_key)?;
         meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
     }
     txn.commit()?;
@@ -990,7 +1196,7 @@ fn migrate_from_v1(db: &Database) -> Result<(), MigrationError> {
         transactions = records.len(),
         jobs = v1_jobs.len(),
         elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "migrated the database from schema version 1 to 2"
+        "migrated the database from schema version 1 to 3"
     );
     Ok(())
 }

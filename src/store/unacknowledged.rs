@@ -23,7 +23,6 @@ pub(crate) struct Refused {
     pub(crate) transaction_id: Box<str>,
     pub(crate) log_key: u64,
     pub(crate) created_ms: u64,
-    pub(crate) due_ms: u64,
 }
 
 /// The set, shared by the writer (which fills and empties it) and readers.

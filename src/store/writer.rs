@@ -7,6 +7,11 @@
 //! before `commit` returns), and only then answers each waiting caller. So:
 //!
 //! - a 202 is never sent for anything that is not on disk;
+//! - accepting a webhook writes only its log entry: the job and listing
+//!   rows of new entries are written in bulk, once [`ROWS_MERGE_THRESHOLD`]
+//!   entries have gathered (or when idle), so the commit a 202 waits for
+//!   touches as few pages as redb allows. The log record carries the due
+//!   time, so those rows can always be rebuilt from the log;
 //! - commands in one batch see each other's writes, so two copies of a new
 //!   id in the same batch give one record, one job and one `duplicate: false`;
 //! - if the commit fails, nothing of the batch is stored and every caller
@@ -28,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::unacknowledged::Refused;
 use super::{
-    BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, Store, StoreError,
-    encoding, next_log_key, status_key,
+    BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, ROWS_UPTO_KEY, RowsLag,
+    Store, StoreError, encoding, next_log_key, status_key,
 };
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
@@ -49,6 +54,11 @@ pub const MERGE_CHUNK: usize = 512;
 
 /// See [`MERGE_CHUNK`].
 pub const MERGE_PACE: usize = 2;
+
+/// Log entries after the committed rows watermark that make the next
+/// batch write their job and listing rows (keys in arrival order, so a
+/// few pages per table for all of them).
+pub const ROWS_MERGE_THRESHOLD: usize = 4096;
 
 /// Ids merged per batch when the writer is otherwise idle.
 pub const IDLE_MERGE_CHUNK: usize = 16_384;
@@ -216,11 +226,15 @@ pub fn spawn(
     let last_failure = Arc::new(Mutex::new(None));
     let next_key = store.last_log_key().map_err(std::io::Error::other)?;
     let indexed_upto = store.indexed_upto().map_err(std::io::Error::other)?;
+    let rows = store.rows_lag().map_err(std::io::Error::other)?;
     let writer = Writer {
         next_key,
         indexed_upto,
         cycle: None,
         added: Vec::new(),
+        new_jobs: Vec::new(),
+        completed: Vec::new(),
+        rows,
         store,
         needs_reopen: false,
         last_reopen: None,
@@ -268,6 +282,14 @@ struct Writer {
     /// Ids this batch put into the unindexed map, removed again if its
     /// commit fails.
     added: Vec<(Box<str>, u64)>,
+    /// Log key and due time of this batch's new jobs, added to the tail's
+    /// jobs once it commits.
+    new_jobs: Vec<(u64, u64)>,
+    /// Log keys whose jobs this batch completed, removed from the tail's
+    /// jobs once it commits.
+    completed: Vec<u64>,
+    /// How far the job and listing rows lag the log (committed).
+    rows: RowsLag,
     /// A write failed; the database must be reopened before the next one.
     needs_reopen: bool,
     last_reopen: Option<Instant>,
@@ -315,6 +337,10 @@ struct Applied {
     purged: u64,
     /// The part of the merge cycle it committed to `ids`.
     merged: Option<MergeStep>,
+    /// The rows watermark it committed, if it wrote the tail's rows.
+    rows_upto: Option<u64>,
+    /// Transactions it created.
+    created: usize,
 }
 
 /// Per-command result of applying a batch, sent only after the commit.
@@ -343,9 +369,7 @@ impl Writer {
             // failed commit forces a reopen), or when there is none.
             let failing = self.needs_reopen || recent_failure(&self.last_failure).is_some();
             let busy = self.last_work.elapsed() < IDLE_AFTER;
-            if only_ticks
-                && (failing || busy || (self.cycle.is_none() && self.store.unindexed_count() == 0))
-            {
+            if only_ticks && (failing || busy || !self.merge_pending()) {
                 batch.clear();
                 continue;
             }
@@ -389,13 +413,19 @@ impl Writer {
         tracing::debug!("store writer stopped: queue closed and drained");
     }
 
-    /// At shutdown: puts every id still only in memory into `ids`, so the
-    /// next start has nothing to rebuild. Skipped after a storage error;
-    /// the next start rebuilds the map from the log instead.
+    /// Whether ids or rows wait to be merged.
+    fn merge_pending(&self) -> bool {
+        self.cycle.is_some() || self.store.unindexed_count() > 0 || self.rows.entries > 0
+    }
+
+    /// At shutdown: puts every id still only in memory into `ids`, and
+    /// every job into `jobs_by_due`, so the next start has nothing to
+    /// rebuild. Skipped after a storage error; the next start rebuilds the
+    /// maps from the log instead.
     fn merge_everything(&mut self) {
         let started = Instant::now();
         let waiting = self.store.unindexed_count();
-        while !self.needs_reopen && (self.cycle.is_some() || self.store.unindexed_count() > 0) {
+        while !self.needs_reopen && self.merge_pending() {
             let now_ms = now_ms().max(self.last_now_ms);
             if let Err(e) = self.apply(&[Command::Tick], now_ms) {
                 tracing::warn!(error = %e, "could not finish merging ids at shutdown; the next start rebuilds them from the log");
@@ -418,11 +448,14 @@ impl Writer {
         let db = self.store.write_handle()?;
         let first_key = self.next_key;
         self.added.clear();
+        self.new_jobs.clear();
+        self.completed.clear();
         match self.apply_in(&db, batch, now_ms) {
             Ok(applied) => {
                 if let Some(step) = &applied.merged {
                     self.finish_merge_step(step);
                 }
+                self.update_tail_jobs(&applied);
                 Ok(applied)
             }
             Err(e) => {
@@ -439,7 +472,6 @@ impl Writer {
                         transaction_id: id,
                         log_key: key,
                         created_ms: now_ms,
-                        due_ms: now_ms.saturating_add(self.delay_ms),
                     });
                 }
                 drop(unindexed);
@@ -448,6 +480,21 @@ impl Writer {
                 Err(e.into())
             }
         }
+    }
+
+    /// After a commit: the tail's jobs lose those it wrote rows for or
+    /// completed, and gain its new ones, which the scheduler may now run.
+    fn update_tail_jobs(&mut self, applied: &Applied) {
+        let mut unindexed = write_lock(self.store.unindexed());
+        if let Some(upto) = applied.rows_upto {
+            unindexed.jobs = unindexed.jobs.split_off(&upto.saturating_add(1));
+            self.rows = RowsLag { upto, entries: 0 };
+        }
+        for key in self.completed.drain(..) {
+            unindexed.jobs.remove(&key);
+        }
+        unindexed.jobs.extend(self.new_jobs.drain(..));
+        self.rows.entries += applied.created;
     }
 
     /// Starts a merge cycle over every committed log entry not yet in
@@ -501,13 +548,22 @@ impl Writer {
             }
         }
         let mut created = 0_usize;
-        let merged = {
+        let rows_due =
+            self.rows.entries >= ROWS_MERGE_THRESHOLD || (only_ticks && self.rows.entries > 0);
+        let (merged, rows_upto) = {
             let mut tables = Tables {
                 log: txn.open_table(LOG)?,
                 ids: txn.open_table(IDS)?,
                 jobs: txn.open_table(JOBS)?,
                 by_status: txn.open_table(BY_STATUS)?,
                 by_processed: txn.open_table(BY_PROCESSED)?,
+            };
+            // Before this batch's commands, so it covers committed entries
+            // only (and a completion below sees the rows it wrote).
+            let rows_upto = if rows_due {
+                Some(self.merge_rows(&txn, &mut tables)?)
+            } else {
+                None
             };
             for command in batch {
                 match command {
@@ -553,9 +609,9 @@ impl Writer {
             } else {
                 MERGE_CHUNK.max(created.saturating_mul(MERGE_PACE))
             };
-            self.merge_step(&txn, &mut tables, chunk)?
+            (self.merge_step(&txn, &mut tables, chunk)?, rows_upto)
         };
-        if wrote_data || probed || merged.is_some() {
+        if wrote_data || probed || merged.is_some() || rows_upto.is_some() {
             let started = Instant::now();
             txn.commit()?;
             self.metrics.commit(batch.len(), started.elapsed());
@@ -569,7 +625,39 @@ impl Writer {
             processed,
             purged,
             merged,
+            rows_upto,
+            created,
         })
+    }
+
+    /// Writes the job and listing rows of every committed log entry after
+    /// the rows watermark that is still PROCESSING, and moves the
+    /// watermark to the last committed entry. Returns the new watermark.
+    fn merge_rows(
+        &self,
+        txn: &WriteTransaction,
+        tables: &mut Tables<'_>,
+    ) -> Result<u64, redb::Error> {
+        let upto = self.next_key;
+        let jobs: Vec<(u64, u64)> = self
+            .store
+            .unindexed()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .jobs
+            .range(..=upto)
+            .map(|(&key, &due)| (key, due))
+            .collect();
+        for &(key, due) in &jobs {
+            tables.jobs.insert((due, key), ())?;
+        }
+        for &(key, _) in &jobs {
+            tables
+                .by_status
+                .insert((status_key(Status::Processing), key), ())?;
+        }
+        txn.open_table(META)?.insert(ROWS_UPTO_KEY, upto)?;
+        Ok(upto)
     }
 
     /// Writes the next chunk of the merge cycle, if one is running, into
@@ -631,11 +719,16 @@ impl Writer {
             .store
             .reopen()
             .and_then(|()| self.take_back_unacknowledged())
+            // A failed commit may show in the file or not: the tail's jobs
+            // and the rows watermark are read back from it.
+            .and_then(|()| self.store.reload_tail_jobs())
+            .and_then(|()| self.store.rows_lag())
             // Log keys are never handed out twice, whatever the file shows.
-            .and_then(|()| self.store.last_log_key());
+            .and_then(|rows| Ok((rows, self.store.last_log_key()?)));
         match reopened {
-            Ok(last_key) => {
+            Ok((rows, last_key)) => {
                 tracing::warn!("database reopened after a storage error; accepting writes again");
+                self.rows = rows;
                 self.next_key = self.next_key.max(last_key);
                 self.needs_reopen = false;
                 true
@@ -649,7 +742,8 @@ impl Writer {
 
     /// Deletes, in one durable commit, the log entries failed commits
     /// created that the reopened file shows anyway (an fsync that failed
-    /// after its writes), with their job and index rows. Runs before any
+    /// after its writes). They have no job or listing rows: those are
+    /// written only for committed entries. Runs before any
     /// batch after a reopen, so every such entry comes from a failed
     /// commit; matching the id and `created_at` guards that invariant.
     fn take_back_unacknowledged(&mut self) -> Result<(), StoreError> {
@@ -663,12 +757,8 @@ impl Writer {
         {
             let mut log = txn.open_table(LOG).map_err(StoreError::storage)?;
             let mut ids = txn.open_table(IDS).map_err(StoreError::storage)?;
-            let mut jobs = txn.open_table(JOBS).map_err(StoreError::storage)?;
-            let mut by_status = txn.open_table(BY_STATUS).map_err(StoreError::storage)?;
             for refused in &pending {
                 let (id, key) = (&*refused.transaction_id, refused.log_key);
-                jobs.remove((refused.due_ms, key))
-                    .map_err(StoreError::storage)?;
                 let shown = match log.get(key).map_err(StoreError::storage)? {
                     Some(stored) => encoding::decode(stored.value()).ok(),
                     None => continue,
@@ -680,9 +770,6 @@ impl Writer {
                             && record.status == Status::Processing =>
                     {
                         log.remove(key).map_err(StoreError::storage)?;
-                        by_status
-                            .remove((status_key(Status::Processing), key))
-                            .map_err(StoreError::storage)?;
                         if ids
                             .get(id)
                             .map_err(StoreError::storage)?
@@ -748,15 +835,21 @@ impl Writer {
         }
         let key = next_log_key(self.next_key, now_ms);
         self.next_key = key;
-        encoding::encode_into(transaction, Status::Processing, now_ms, None, &mut self.buf);
+        let due = now_ms.saturating_add(self.delay_ms);
+        encoding::encode_into(
+            transaction,
+            encoding::State {
+                status: Status::Processing,
+                created_at_ms: now_ms,
+                processed_at_ms: None,
+                due_at_ms: Some(due),
+            },
+            &mut self.buf,
+        );
+        // The record alone, due time included, is the job: a 202 means it
+        // is on disk. Its rows follow in a later bulk merge.
         tables.log.insert(key, self.buf.as_slice())?;
-        // Same transaction as the record: a 202 means all of them are on disk.
-        tables
-            .jobs
-            .insert((now_ms.saturating_add(self.delay_ms), key), ())?;
-        tables
-            .by_status
-            .insert((status_key(Status::Processing), key), ())?;
+        self.new_jobs.push((key, due));
         let id: Box<str> = id.into();
         write_lock(self.store.unindexed())
             .active
@@ -783,7 +876,10 @@ impl Writer {
         let mut jobs: Vec<Job> = done.to_vec();
         jobs.sort_unstable_by_key(|job| job.log_key);
         for job in jobs {
+            // A job of the log's tail has no row yet; either way it is
+            // dropped from the tail's jobs once this commits.
             changed |= tables.jobs.remove((job.due_ms, job.log_key))?.is_some();
+            self.completed.push(job.log_key);
             let record = match tables.log.get(job.log_key)? {
                 None => {
                     tracing::warn!(
@@ -792,15 +888,18 @@ impl Writer {
                     );
                     continue;
                 }
-                Some(stored) => encoding::decode(stored.value()),
+                Some(stored) => encoding::decode_with_due(stored.value()),
             };
             match record {
-                Ok(record) if record.status == Status::Processing => {
+                Ok((record, due)) if record.status == Status::Processing => {
                     encoding::encode_into(
                         &record.transaction,
-                        Status::Processed,
-                        record.created_at_ms,
-                        Some(now_ms),
+                        encoding::State {
+                            status: Status::Processed,
+                            created_at_ms: record.created_at_ms,
+                            processed_at_ms: Some(now_ms),
+                            due_at_ms: due.or(Some(job.due_ms)),
+                        },
                         &mut self.buf,
                     );
                     tables.log.insert(job.log_key, self.buf.as_slice())?;
