@@ -1,5 +1,9 @@
 //! Micro-benchmarks of the store: durable group commits of 1, 64 and 512
-//! accepts through the real writer, and a point lookup by id.
+//! accepts through the real writer, and a point lookup by id. Beside them,
+//! in the same run, the floors under a commit of one: the disk (one 4 KiB
+//! page overwritten in place and fdatasync'd) and redb itself (one 200-byte value under a
+//! sequential key in a one-table file, one durable commit), which no
+//! layout of ours can go below.
 //!
 //! Run: `cargo bench --bench store`
 
@@ -103,5 +107,38 @@ fn lookups(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, commits, lookups);
+fn floors(c: &mut Criterion) {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut group = c.benchmark_group("floor");
+    // One page overwritten in place: no block allocation, no size change.
+    let file = std::fs::File::create(dir.path().join("plain")).expect("file");
+    let page = [7_u8; 4096];
+    file.write_all_at(&page, 0).expect("write");
+    file.sync_all().expect("fsync");
+    group.bench_function("disk_4KiB_overwrite_fdatasync", |b| {
+        b.iter(|| {
+            file.write_all_at(&page, 0).expect("write");
+            file.sync_data().expect("fdatasync");
+        });
+    });
+    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
+    let db = redb::Database::create(dir.path().join("floor.redb")).expect("redb");
+    let value = [7_u8; 200];
+    let mut key = 0_u64;
+    group.bench_function("redb_one_insert_durable_commit", |b| {
+        b.iter(|| {
+            let txn = db.begin_write().expect("begin");
+            txn.open_table(table)
+                .expect("table")
+                .insert(key, value.as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+            key += 1;
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, floors, commits, lookups);
 criterion_main!(benches);

@@ -168,6 +168,19 @@ fn jobs_run_once_whether_processed_before_or_after_their_rows_are_written() {
     // Some finished before the kill: their processed_at must never change.
     let first = wait_processed(addr, "run-0-0", DEADLINE);
     daemon.kill();
+    // As the kill left it (redb repairs the file on open): consistent,
+    // every transaction counted, each pending one with exactly one job.
+    let summary = check_summary(dir.path());
+    let counts: Vec<usize> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [total, processing, processed, jobs] = counts[..] else {
+        panic!("unexpected summary: {summary}");
+    };
+    assert_eq!(total, THREADS * PER_THREAD, "{summary}");
+    assert_eq!(processing + processed, total, "{summary}");
+    assert_eq!(jobs, processing, "{summary}");
 
     let daemon = Daemon::start(dir.path(), &["--process-delay", "1s"]);
     let addr = daemon.addr;
