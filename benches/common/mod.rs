@@ -202,8 +202,15 @@ pub fn payload(id: &str) -> String {
     )
 }
 
-/// Load generator threads; the server under test gets the rest of the machine.
-pub const LOAD_THREADS: usize = 1;
+/// Load generator threads (`WEBHOOKD_BENCH_LOAD_THREADS`, default 2, as
+/// `wrk -t2` in FACTS.md); the server under test shares the machine.
+pub fn load_threads() -> usize {
+    std::env::var("WEBHOOKD_BENCH_LOAD_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+        .max(1)
+}
 
 /// Sends `total` POSTs over `connections` keep-alive connections, each
 /// sending its next request as soon as the previous answer arrived.
@@ -228,7 +235,7 @@ pub fn run_load_until(
     mut each_second: impl FnMut(u64),
 ) -> LoadResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(LOAD_THREADS)
+        .worker_threads(load_threads())
         .enable_all()
         .build()
         .expect("load runtime");
