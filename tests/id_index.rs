@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    DEADLINE, Daemon, connect, get, get_transaction, payload, poll_until, post, read_response,
+    DEADLINE, Daemon, connect, get, get_transaction, payload, poll_until, post, post_on,
     run_to_exit,
 };
 
@@ -24,17 +24,6 @@ fn unindexed(addr: SocketAddr) -> u64 {
         .find_map(|l| l.strip_prefix("webhookd_unindexed_ids "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no webhookd_unindexed_ids in:\n{text}"))
-}
-
-/// POST on a kept-alive connection.
-fn post_on(stream: &mut TcpStream, body: &str) -> common::Response {
-    use std::io::Write;
-    let request = format!(
-        "POST /v1/webhooks/transactions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).expect("send");
-    read_response(stream)
 }
 
 fn assert_redelivery_is_duplicate(addr: SocketAddr, id: &str) {

@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    DEADLINE, Daemon, connect, get, get_transaction, payload, poll_until, post, read_response,
+    DEADLINE, Daemon, connect, get, get_transaction, payload, poll_until, post, post_on,
     wait_processed,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -132,16 +131,6 @@ fn jobs_only_in_the_log_survive_sigkill_and_keep_their_due_time() {
         ["tail-c", "tail-b", "tail-a"]
     );
     assert_eq!(metric(daemon.addr, "webhookd_pending_jobs"), 3);
-}
-
-/// POST on a kept-alive connection.
-fn post_on(stream: &mut TcpStream, body: &str) -> common::Response {
-    let request = format!(
-        "POST /v1/webhooks/transactions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).expect("send");
-    read_response(stream)
 }
 
 #[test]

@@ -251,6 +251,16 @@ fn try_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 /// Reads one response: head, then the body by Content-Length, chunked, or to EOF.
+/// POSTs a webhook on a kept-alive connection and reads the answer.
+pub fn post_on(stream: &mut TcpStream, body: &str) -> Response {
+    let request = format!(
+        "POST /v1/webhooks/transactions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    read_response(stream)
+}
+
 pub fn read_response(stream: &mut TcpStream) -> Response {
     try_read_response(stream).unwrap_or_else(|e| panic!("reading the response: {e}"))
 }
