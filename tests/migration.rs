@@ -88,6 +88,19 @@ fn schema_version(dir: &Path) -> u64 {
     meta.get("schema_version").unwrap().unwrap().value()
 }
 
+/// Starts webhookd (`--process-delay 1h`) on a version `from` file and
+/// requires the log line of its migration to version 3.
+fn start_migrating(dir: &Path, from: u64) -> Daemon {
+    let daemon = Daemon::start(dir, &["--process-delay", "1h"]);
+    let line = format!("migrated the database from schema version {from} to 3");
+    assert!(
+        daemon.stderr_text().contains(&line),
+        "{}",
+        daemon.stderr_text()
+    );
+    daemon
+}
+
 fn check(dir: &Path) -> (Option<i32>, String) {
     run_to_exit(&["--data-dir", dir.to_str().unwrap(), "check"], &[])
 }
@@ -99,15 +112,8 @@ fn a_version_1_database_is_migrated_and_everything_in_it_keeps_working() {
     // The old file is consistent by the old rules, and check reads it as it is.
     assert_eq!(schema_version(dir.path()), 1);
 
-    let daemon = Daemon::start(dir.path(), &["--process-delay", "1h"]);
+    let daemon = start_migrating(dir.path(), 1);
     let addr = daemon.addr;
-    assert!(
-        daemon
-            .stderr_text()
-            .contains("migrated the database from schema version 1 to 3"),
-        "{}",
-        daemon.stderr_text()
-    );
 
     // Records read back exactly, with their times.
     let done = get_transaction(addr, "v1-done").json();
@@ -260,15 +266,8 @@ fn write_version_2(dir: &Path) {
 fn a_version_2_database_is_migrated_and_everything_in_it_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     write_version_2(dir.path());
-    let daemon = Daemon::start(dir.path(), &["--process-delay", "1h"]);
+    let daemon = start_migrating(dir.path(), 2);
     let addr = daemon.addr;
-    assert!(
-        daemon
-            .stderr_text()
-            .contains("migrated the database from schema version 2 to 3"),
-        "{}",
-        daemon.stderr_text()
-    );
     let done = get_transaction(addr, "v2-done").json();
     assert_eq!(done["status"], "PROCESSED");
     assert_eq!(done["amount"].to_string(), "0.1");

@@ -205,10 +205,15 @@ pub fn payload(id: &str) -> String {
 /// Load generator threads (`WEBHOOKD_BENCH_LOAD_THREADS`, default 2, as
 /// `wrk -t2` in FACTS.md); the server under test shares the machine.
 pub fn load_threads() -> usize {
-    std::env::var("WEBHOOKD_BENCH_LOAD_THREADS")
+    env_count("WEBHOOKD_BENCH_LOAD_THREADS", 2)
+}
+
+/// A positive count from the environment, or `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
+        .unwrap_or(default)
         .max(1)
 }
 
@@ -342,11 +347,7 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 
 /// Number of repetitions (`WEBHOOKD_BENCH_RUNS`, default 3).
 pub fn runs() -> usize {
-    std::env::var("WEBHOOKD_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1)
+    env_count("WEBHOOKD_BENCH_RUNS", 3)
 }
 
 /// A plain HTTP/1.1 GET (one connection, `Connection: close`); returns the body.

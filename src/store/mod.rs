@@ -325,15 +325,6 @@ impl Unindexed {
     }
 }
 
-/// How far the job and listing rows lag the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RowsLag {
-    /// Committed [`ROWS_UPTO_KEY`].
-    pub(crate) upto: u64,
-    /// Log entries after it.
-    pub(crate) entries: usize,
-}
-
 /// An open database and whether it may be written.
 #[derive(Clone)]
 enum Handle {
@@ -580,17 +571,17 @@ impl Store {
             .map_or(0, |(key, _)| key.value()))
     }
 
-    /// How far the job and listing rows lag the log, as committed.
-    pub(crate) fn rows_lag(&self) -> Result<RowsLag, StoreError> {
+    /// How many committed log entries come after [`ROWS_UPTO_KEY`]: how
+    /// far the job and listing rows lag the log.
+    pub(crate) fn rows_lag(&self) -> Result<usize, StoreError> {
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
         let upto = rows_upto(&txn)?;
         let log = txn.open_table(LOG).map_err(StoreError::storage)?;
-        let entries = log
+        Ok(log
             .range(upto.saturating_add(1)..)
             .map_err(StoreError::storage)?
-            .count();
-        Ok(RowsLag { upto, entries })
+            .count())
     }
 
     /// Rebuilds the tail's jobs from the file, after a reopen: a failed

@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::unacknowledged::Refused;
 use super::{
-    BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, ROWS_UPTO_KEY, RowsLag,
-    Store, StoreError, encoding, next_log_key, status_key,
+    BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, ROWS_UPTO_KEY, Store,
+    StoreError, encoding, next_log_key, status_key,
 };
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
@@ -232,7 +232,7 @@ pub fn spawn(
     let last_failure = Arc::new(Mutex::new(None));
     let next_key = store.last_log_key().map_err(std::io::Error::other)?;
     let indexed_upto = store.indexed_upto().map_err(std::io::Error::other)?;
-    let rows = store.rows_lag().map_err(std::io::Error::other)?;
+    let rows_lag = store.rows_lag().map_err(std::io::Error::other)?;
     let writer = Writer {
         next_key,
         indexed_upto,
@@ -240,7 +240,7 @@ pub fn spawn(
         added: Vec::new(),
         new_jobs: Vec::new(),
         completed: Vec::new(),
-        rows,
+        rows_lag,
         rows_target: None,
         store,
         needs_reopen: false,
@@ -295,9 +295,9 @@ struct Writer {
     /// Log keys whose jobs this batch completed, removed from the tail's
     /// jobs once it commits.
     completed: Vec<u64>,
-    /// How far the job and listing rows lag the log (committed); while a
-    /// rows merge runs, `entries` counts those after its target.
-    rows: RowsLag,
+    /// Committed log entries without their job and listing rows yet: after
+    /// the watermark, or while a rows merge runs, after its target.
+    rows_lag: usize,
     /// The log key a running rows merge brings the watermark to.
     rows_target: Option<u64>,
     /// A write failed; the database must be reopened before the next one.
@@ -427,7 +427,7 @@ impl Writer {
     fn merge_pending(&self) -> bool {
         self.cycle.is_some()
             || self.store.unindexed_count() > 0
-            || self.rows.entries > 0
+            || self.rows_lag > 0
             || self.rows_target.is_some()
     }
 
@@ -501,7 +501,6 @@ impl Writer {
         let mut unindexed = write_lock(self.store.unindexed());
         if let Some(upto) = applied.rows_upto {
             unindexed.jobs = unindexed.jobs.split_off(&upto.saturating_add(1));
-            self.rows.upto = upto;
             if self.rows_target == Some(upto) {
                 self.rows_target = None;
             }
@@ -510,7 +509,7 @@ impl Writer {
             unindexed.jobs.remove(&key);
         }
         unindexed.jobs.extend(self.new_jobs.drain(..));
-        self.rows.entries += applied.created;
+        self.rows_lag += applied.created;
     }
 
     /// Starts a merge cycle over every committed log entry not yet in
@@ -650,12 +649,12 @@ impl Writer {
         idle: bool,
     ) -> Result<Option<u64>, redb::Error> {
         if self.rows_target.is_none()
-            && (self.rows.entries >= ROWS_MERGE_THRESHOLD || (idle && self.rows.entries > 0))
+            && (self.rows_lag >= ROWS_MERGE_THRESHOLD || (idle && self.rows_lag > 0))
         {
             // Every committed entry up to here gets its rows; later ones
             // count toward the next merge.
             self.rows_target = Some(self.next_key);
-            self.rows.entries = 0;
+            self.rows_lag = 0;
         }
         let Some(target) = self.rows_target else {
             return Ok(None);
@@ -771,7 +770,7 @@ impl Writer {
         match reopened {
             Ok((rows, last_key)) => {
                 tracing::warn!("database reopened after a storage error; accepting writes again");
-                self.rows = rows;
+                self.rows_lag = rows;
                 self.rows_target = None;
                 self.next_key = self.next_key.max(last_key);
                 self.needs_reopen = false;
