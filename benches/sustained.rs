@@ -4,6 +4,9 @@
 //! oldest one (from `GET /metrics`), and the daemon's RSS. The backlog must
 //! stay flat.
 //!
+//! Each of `WEBHOOKD_BENCH_RUNS` runs (default 3) starts a fresh daemon
+//! and prints its own table; the last line gives the medians.
+//!
 //! Run: `cargo bench --bench sustained`
 //! (`WEBHOOKD_BENCH_SECONDS` changes the length, default 60.)
 
@@ -13,23 +16,45 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Limit, Server, metric, run_load_until};
+use common::{Limit, Server, median, metric, run_load_until, runs};
 
 const CONNECTIONS: usize = 64;
 const WINDOW_SECONDS: u64 = 10;
 
+/// What one run showed.
+struct Summary {
+    rate: f64,
+    p99: f64,
+    max_backlog: f64,
+    peak_rss_mib: f64,
+    flat: bool,
+}
+
 fn main() {
-    common::run_baseline_if_asked();
     let seconds: u64 = std::env::var("WEBHOOKD_BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
+    let runs = runs();
+    let summaries: Vec<Summary> = (1..=runs).map(|run| run_once(seconds, run)).collect();
+    let pick = |f: fn(&Summary) -> f64| median(summaries.iter().map(f).collect());
+    println!(
+        "median of {runs} runs: {:.0} accepted/s, p99 {:.2} ms, largest due backlog {:.0} jobs, peak RSS {:.1} MiB; backlog flat in {} of {runs} runs",
+        pick(|s| s.rate),
+        pick(|s| s.p99),
+        pick(|s| s.max_backlog),
+        pick(|s| s.peak_rss_mib),
+        summaries.iter().filter(|s| s.flat).count()
+    );
+}
+
+fn run_once(seconds: u64, run: usize) -> Summary {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::webhookd(dir.path(), &["--process-delay", "1s"]);
     let addr = server.addr;
     let pid = server.child.id();
     println!(
-        "sustained: {CONNECTIONS} connections, {seconds} s, --process-delay 1s; figures per {WINDOW_SECONDS} s window"
+        "sustained run {run}: {CONNECTIONS} connections, {seconds} s, --process-delay 1s; figures per {WINDOW_SECONDS} s window"
     );
     println!(
         "| window | accepted 202/s | due backlog (jobs) | oldest due job (s) | pending jobs | RSS (MiB) |"
@@ -41,7 +66,7 @@ fn main() {
     let result = run_load_until(
         addr,
         CONNECTIONS,
-        7,
+        7 + run as u64,
         Limit::Duration(Duration::from_secs(seconds)),
         |accepted| {
             second += 1;
@@ -63,25 +88,29 @@ fn main() {
         },
     );
     let (_, peak) = server.rss_kib();
+    let peak_rss_mib = peak as f64 / 1024.0;
     println!(
-        "total: {} accepted in {:.1} s = {:.0}/s, p99 {:.2} ms, non-202 {}, peak RSS {:.1} MiB",
+        "total: {} accepted in {:.1} s = {:.0}/s, p99 {:.2} ms, non-202 {}, peak RSS {peak_rss_mib:.1} MiB",
         result.accepted,
         result.elapsed.as_secs_f64(),
         result.per_second(),
         result.ms(0.99),
         result.other,
-        peak as f64 / 1024.0
     );
     let first = backlogs.first().copied().unwrap_or(0.0);
     let last = backlogs.last().copied().unwrap_or(0.0);
-    let max = backlogs.iter().copied().fold(0.0, f64::max);
+    let max_backlog = backlogs.iter().copied().fold(0.0, f64::max);
+    let flat = last <= first.max(1000.0);
     println!(
-        "backlog: first window {first:.0}, last {last:.0}, max {max:.0} -> {}",
-        if last <= first.max(1000.0) {
-            "flat"
-        } else {
-            "GROWING"
-        }
+        "backlog: first window {first:.0}, last {last:.0}, max {max_backlog:.0} -> {}",
+        if flat { "flat" } else { "GROWING" }
     );
     server.stop();
+    Summary {
+        rate: result.per_second(),
+        p99: result.ms(0.99),
+        max_backlog,
+        peak_rss_mib,
+        flat,
+    }
 }

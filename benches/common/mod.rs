@@ -1,9 +1,11 @@
-//! Shared by the end-to-end benches: start the real daemon (or the
-//! no-storage baseline server), drive it with a hyper client load
+//! Shared by the end-to-end benches: start the real daemon (or a
+//! reference server), drive it with a hyper client load
 //! generator, and print figures as a table.
 
 #![allow(dead_code)] // each bench uses part of this
 #![allow(clippy::cast_precision_loss)] // figures for display
+
+pub mod reference;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -18,8 +20,9 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+pub use reference::Reference;
 
-/// A webhookd (or baseline) process started by a bench.
+/// A webhookd (or reference server) process started by a bench.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
@@ -41,11 +44,17 @@ impl Server {
         Server::spawn(command)
     }
 
-    /// Starts this bench binary again as the baseline server: it parses and
-    /// validates the JSON exactly like webhookd and answers 202, storing nothing.
-    pub fn baseline() -> Server {
+    /// Starts this bench binary again as a reference server (see
+    /// [`reference`]); a durable one keeps its file in `dir`, sized for
+    /// `requests` bodies.
+    pub fn reference(kind: Reference, dir: &Path, requests: u64) -> Server {
         let mut command = Command::new(std::env::current_exe().expect("bench executable path"));
-        command.arg(BASELINE_FLAG);
+        command.args([reference::REFERENCE_FLAG, kind.name()]);
+        if kind != Reference::NoStorage {
+            // Bodies are about 170 bytes; room for 256 each.
+            let bytes = requests.saturating_mul(256).max(1 << 20);
+            command.arg(dir.join(kind.name())).arg(bytes.to_string());
+        }
         Server::spawn(command)
     }
 
@@ -111,56 +120,6 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-pub const BASELINE_FLAG: &str = "--baseline-server";
-
-/// If this process was started as the baseline server, serve until killed
-/// and never return.
-pub fn run_baseline_if_asked() {
-    if !std::env::args().any(|a| a == BASELINE_FLAG) {
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        eprintln!("listening on {}", listener.local_addr().expect("addr"));
-        loop {
-            let (stream, _) = listener.accept().await.expect("accept");
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
-                    let body = request.into_body().collect().await?.to_bytes();
-                    let (status, text) = match webhookd::model::parse_payload(&body) {
-                        Ok(tx) => (
-                            StatusCode::ACCEPTED,
-                            format!(
-                                r#"{{"transaction_id":{},"status":"PROCESSING","duplicate":false}}"#,
-                                serde_json::to_string(&tx.transaction_id).expect("string")
-                            ),
-                        ),
-                        Err(_) => (StatusCode::UNPROCESSABLE_ENTITY, String::from("{}")),
-                    };
-                    let mut response = hyper::Response::new(Full::new(Bytes::from(text)));
-                    *response.status_mut() = status;
-                    response.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, hyper::Error>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    unreachable!("the baseline server runs until killed");
 }
 
 /// Result of one load run.
