@@ -571,17 +571,18 @@ impl Store {
             .map_or(0, |(key, _)| key.value()))
     }
 
-    /// How many committed log entries come after [`ROWS_UPTO_KEY`]: how
-    /// far the job and listing rows lag the log.
-    pub(crate) fn rows_lag(&self) -> Result<usize, StoreError> {
+    /// [`ROWS_UPTO_KEY`], and how many committed log entries come after
+    /// it: how far the job and listing rows lag the log.
+    pub(crate) fn rows_lag(&self) -> Result<(u64, usize), StoreError> {
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
         let upto = rows_upto(&txn)?;
         let log = txn.open_table(LOG).map_err(StoreError::storage)?;
-        Ok(log
+        let lag = log
             .range(upto.saturating_add(1)..)
             .map_err(StoreError::storage)?
-            .count())
+            .count();
+        Ok((upto, lag))
     }
 
     /// Rebuilds the tail's jobs from the file, after a reopen: a failed

@@ -9,10 +9,12 @@
 //! - a 202 is never sent for anything that is not on disk;
 //! - accepting a webhook writes only its log entry: the job and listing
 //!   rows of new entries are written in bulk once [`ROWS_MERGE_THRESHOLD`]
-//!   entries have gathered, [`ROWS_MERGE_CHUNK`] per batch (everything
-//!   when idle), so most commits a 202 waits for touch one table. The log
-//!   record carries the due time, so those rows can always be rebuilt
-//!   from the log;
+//!   entries have gathered, for the jobs at least [`ROWS_MIN_AGE_MS`] old
+//!   and still pending, [`ROWS_MERGE_CHUNK`] per batch (everything when
+//!   idle), so most commits a 202 waits for touch one table, and a job
+//!   processed within that age never gets rows at all. The log record
+//!   carries the due time, so those rows can always be rebuilt from the
+//!   log;
 //! - commands in one batch see each other's writes, so two copies of a new
 //!   id in the same batch give one record, one job and one `duplicate: false`;
 //! - if the commit fails, nothing of the batch is stored and every caller
@@ -35,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::unacknowledged::Refused;
 use super::{
     BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, ROWS_UPTO_KEY, Store,
-    StoreError, encoding, next_log_key, status_key,
+    StoreError, encoding, first_log_key_at, next_log_key, status_key,
 };
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
@@ -60,6 +62,13 @@ pub const MERGE_PACE: usize = 2;
 /// their job and listing rows (keys in arrival order, so a few pages per
 /// table for many of them).
 pub const ROWS_MERGE_THRESHOLD: usize = 4096;
+
+/// Age a log entry reaches before a rows merge (other than at idle)
+/// writes its job and listing rows. A job processed younger than this
+/// (`--process-delay` below it) is only ever in the log and in memory:
+/// its rows are neither written nor deleted, which halves the writes of
+/// processing it. Bounds the tail's size to about this long of ingest.
+pub const ROWS_MIN_AGE_MS: u64 = 2_000;
 
 /// Job and listing rows written per batch while webhooks flow: bounded,
 /// so no single commit stalls its webhooks with thousands of inserts
@@ -232,7 +241,7 @@ pub fn spawn(
     let last_failure = Arc::new(Mutex::new(None));
     let next_key = store.last_log_key().map_err(std::io::Error::other)?;
     let indexed_upto = store.indexed_upto().map_err(std::io::Error::other)?;
-    let rows_lag = store.rows_lag().map_err(std::io::Error::other)?;
+    let (rows_upto, rows_lag) = store.rows_lag().map_err(std::io::Error::other)?;
     let writer = Writer {
         next_key,
         indexed_upto,
@@ -240,6 +249,7 @@ pub fn spawn(
         added: Vec::new(),
         new_jobs: Vec::new(),
         completed: Vec::new(),
+        rows_upto,
         rows_lag,
         rows_target: None,
         store,
@@ -295,8 +305,10 @@ struct Writer {
     /// Log keys whose jobs this batch completed, removed from the tail's
     /// jobs once it commits.
     completed: Vec<u64>,
-    /// Committed log entries without their job and listing rows yet: after
-    /// the watermark, or while a rows merge runs, after its target.
+    /// The committed rows watermark ([`ROWS_UPTO_KEY`]).
+    rows_upto: u64,
+    /// Log entries committed since the last rows merge started (after the
+    /// watermark at start-up): what starts the next one.
     rows_lag: usize,
     /// The log key a running rows merge brings the watermark to.
     rows_target: Option<u64>,
@@ -427,7 +439,7 @@ impl Writer {
     fn merge_pending(&self) -> bool {
         self.cycle.is_some()
             || self.store.unindexed_count() > 0
-            || self.rows_lag > 0
+            || self.rows_upto < self.next_key
             || self.rows_target.is_some()
     }
 
@@ -500,6 +512,7 @@ impl Writer {
     fn update_tail_jobs(&mut self, applied: &Applied) {
         let mut unindexed = write_lock(self.store.unindexed());
         if let Some(upto) = applied.rows_upto {
+            self.rows_upto = upto;
             unindexed.jobs = unindexed.jobs.split_off(&upto.saturating_add(1));
             if self.rows_target == Some(upto) {
                 self.rows_target = None;
@@ -573,7 +586,10 @@ impl Writer {
             };
             // Before this batch's commands, so it covers committed entries
             // only (and a completion below sees the rows it wrote).
-            let rows_upto = self.rows_step(&txn, &mut tables, only_ticks)?;
+            let rows_upto = self.rows_step(&txn, &mut tables, only_ticks, now_ms)?;
+            // Entries after it have no job or listing rows in this
+            // transaction.
+            let watermark = rows_upto.unwrap_or(self.rows_upto);
             for command in batch {
                 match command {
                     Command::Accept { transaction, .. } => {
@@ -589,7 +605,7 @@ impl Writer {
                     }
                     Command::Complete { jobs: done, .. } => {
                         let (changed, newly_processed) =
-                            self.complete(&mut tables, done, now_ms)?;
+                            self.complete(&mut tables, done, now_ms, watermark)?;
                         wrote_data |= changed;
                         processed += newly_processed;
                         outcomes.push(Outcome::Done);
@@ -647,14 +663,28 @@ impl Writer {
         txn: &WriteTransaction,
         tables: &mut Tables<'_>,
         idle: bool,
+        now_ms: u64,
     ) -> Result<Option<u64>, redb::Error> {
         if self.rows_target.is_none()
-            && (self.rows_lag >= ROWS_MERGE_THRESHOLD || (idle && self.rows_lag > 0))
+            && (self.rows_lag >= ROWS_MERGE_THRESHOLD || (idle && self.rows_upto < self.next_key))
         {
-            // Every committed entry up to here gets its rows; later ones
-            // count toward the next merge.
-            self.rows_target = Some(self.next_key);
-            self.rows_lag = 0;
+            // Every committed entry up to the target gets its rows: when
+            // idle all of them, else those at least ROWS_MIN_AGE_MS old (a
+            // log key starts with its creation time). Later ones count
+            // toward the next merge.
+            let target = if idle {
+                self.next_key
+            } else {
+                first_log_key_at(now_ms.saturating_sub(ROWS_MIN_AGE_MS))
+                    .saturating_sub(1)
+                    .min(self.next_key)
+            };
+            // The watermark never moves back; nothing old enough yet
+            // means the next batch looks again.
+            if target > self.rows_upto {
+                self.rows_target = Some(target);
+                self.rows_lag = 0;
+            }
         }
         let Some(target) = self.rows_target else {
             return Ok(None);
@@ -768,9 +798,10 @@ impl Writer {
             // Log keys are never handed out twice, whatever the file shows.
             .and_then(|rows| Ok((rows, self.store.last_log_key()?)));
         match reopened {
-            Ok((rows, last_key)) => {
+            Ok(((rows_upto, rows_lag), last_key)) => {
                 tracing::warn!("database reopened after a storage error; accepting writes again");
-                self.rows_lag = rows;
+                self.rows_upto = rows_upto;
+                self.rows_lag = rows_lag;
                 self.rows_target = None;
                 self.next_key = self.next_key.max(last_key);
                 self.needs_reopen = false;
@@ -904,12 +935,14 @@ impl Writer {
     /// Completes jobs. Idempotent: a job already gone, or a transaction
     /// already PROCESSED, changes nothing, so `processed_at` is set once.
     /// Returns whether anything was written, and how many transactions
-    /// became PROCESSED.
+    /// became PROCESSED. A job after `watermark` (the rows watermark as of
+    /// this transaction) is one of the tail's: it has no rows to delete.
     fn complete(
         &mut self,
         tables: &mut Tables<'_>,
         done: &[Job],
         now_ms: u64,
+        watermark: u64,
     ) -> Result<(bool, u64), redb::Error> {
         let mut changed = false;
         let mut processed = 0;
@@ -919,9 +952,12 @@ impl Writer {
         let mut jobs: Vec<Job> = done.to_vec();
         jobs.sort_unstable_by_key(|job| job.log_key);
         for job in jobs {
-            // A job of the log's tail has no row yet; either way it is
+            // A job of the log's tail has no rows; either way it is
             // dropped from the tail's jobs once this commits.
-            changed |= tables.jobs.remove((job.due_ms, job.log_key))?.is_some();
+            let has_rows = job.log_key <= watermark;
+            if has_rows {
+                changed |= tables.jobs.remove((job.due_ms, job.log_key))?.is_some();
+            }
             self.completed.push(job.log_key);
             let record = match tables.log.get(job.log_key)? {
                 None => {
@@ -946,9 +982,11 @@ impl Writer {
                         &mut self.buf,
                     );
                     tables.log.insert(job.log_key, self.buf.as_slice())?;
-                    tables
-                        .by_status
-                        .remove((status_key(Status::Processing), job.log_key))?;
+                    if has_rows {
+                        tables
+                            .by_status
+                            .remove((status_key(Status::Processing), job.log_key))?;
+                    }
                     tables
                         .by_status
                         .insert((status_key(Status::Processed), job.log_key), ())?;
