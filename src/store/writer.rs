@@ -70,9 +70,16 @@ pub const ROWS_MERGE_THRESHOLD: usize = 4096;
 /// processing it. Bounds the tail's size to about this long of ingest.
 pub const ROWS_MIN_AGE_MS: u64 = 2_000;
 
+/// Pending jobs in the tail beyond which a rows merge covers every
+/// committed entry, whatever its age: bounds what a start-up after a
+/// crash rebuilds from the log when jobs arrive faster than they fall due.
+pub const ROWS_TAIL_CAP: usize = 32_768;
+
 /// Job and listing rows written per batch while webhooks flow: bounded,
 /// so no single commit stalls its webhooks with thousands of inserts
-/// (all 4096 at once took ~10 ms and showed in the p99).
+/// (all 4096 at once took ~10 ms and showed in the p99); but at least
+/// [`MERGE_PACE`] times the batch's commands, so a merge always outpaces
+/// ingest and the tail stays bounded.
 pub const ROWS_MERGE_CHUNK: usize = 512;
 
 /// Ids merged per batch when the writer is otherwise idle.
@@ -586,7 +593,12 @@ impl Writer {
             };
             // Before this batch's commands, so it covers committed entries
             // only (and a completion below sees the rows it wrote).
-            let rows_upto = self.rows_step(&txn, &mut tables, only_ticks, now_ms)?;
+            let chunk = if only_ticks {
+                usize::MAX
+            } else {
+                ROWS_MERGE_CHUNK.max(batch.len().saturating_mul(MERGE_PACE))
+            };
+            let rows_upto = self.rows_step(&txn, &mut tables, chunk, now_ms)?;
             // Entries after it have no job or listing rows in this
             // transaction.
             let watermark = rows_upto.unwrap_or(self.rows_upto);
@@ -655,24 +667,32 @@ impl Writer {
         })
     }
 
-    /// Starts a rows merge once enough entries lag (or when idle), and
-    /// writes its next chunk (all of it when idle). Returns the watermark
-    /// it moved to, if it wrote any.
+    /// Starts a rows merge once enough entries lag (or when idle: `chunk`
+    /// is unbounded), and writes its next `chunk` rows. Returns the
+    /// watermark it moved to, if it wrote any.
     fn rows_step(
         &mut self,
         txn: &WriteTransaction,
         tables: &mut Tables<'_>,
-        idle: bool,
+        chunk: usize,
         now_ms: u64,
     ) -> Result<Option<u64>, redb::Error> {
+        let idle = chunk == usize::MAX;
         if self.rows_target.is_none()
             && (self.rows_lag >= ROWS_MERGE_THRESHOLD || (idle && self.rows_upto < self.next_key))
         {
             // Every committed entry up to the target gets its rows: when
-            // idle all of them, else those at least ROWS_MIN_AGE_MS old (a
-            // log key starts with its creation time). Later ones count
-            // toward the next merge.
-            let target = if idle {
+            // idle or past the cap all of them, else those at least
+            // ROWS_MIN_AGE_MS old (a log key starts with its creation
+            // time). Later ones count toward the next merge.
+            let tail = self
+                .store
+                .unindexed()
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .jobs
+                .len();
+            let target = if idle || tail > ROWS_TAIL_CAP {
                 self.next_key
             } else {
                 first_log_key_at(now_ms.saturating_sub(ROWS_MIN_AGE_MS))
@@ -689,7 +709,6 @@ impl Writer {
         let Some(target) = self.rows_target else {
             return Ok(None);
         };
-        let chunk = if idle { usize::MAX } else { ROWS_MERGE_CHUNK };
         self.merge_rows(txn, tables, target, chunk).map(Some)
     }
 
