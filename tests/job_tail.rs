@@ -238,8 +238,9 @@ fn a_long_burst_gives_older_jobs_rows_while_the_newest_stay_in_the_log() {
     const THREADS: usize = 4;
     let dir = tempfile::tempdir().unwrap();
     // Pending for an hour: while webhooks keep coming, the writer writes
-    // rows only for entries at least 2 s old, so a kill during a burst of
-    // more than 2 s leaves older jobs with rows and the newest only in
+    // rows only for entries at least 2 s old, or for all of them once more
+    // than 32,768 jobs wait without rows, so a kill during a burst of 40,000
+    // over more than 2 s leaves older jobs with rows and the newest only in
     // the log (an idle moment on a busy machine may write them all; the
     // assertions hold either way).
     let daemon = Daemon::start(dir.path(), &["--process-delay", "1h"]);
@@ -251,7 +252,7 @@ fn a_long_burst_gives_older_jobs_rows_while_the_newest_stay_in_the_log() {
                 scope.spawn(move || {
                     let mut stream = connect(addr);
                     let mut sent = 0;
-                    while sent < 2500 || started.elapsed() < Duration::from_secs(3) {
+                    while sent < 10_000 || started.elapsed() < Duration::from_secs(3) {
                         let response =
                             post_on(&mut stream, &payload(&format!("burst-{t}-{sent}"), "1"));
                         assert_eq!(response.status, 202, "{}", response.body);
