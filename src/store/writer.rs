@@ -63,11 +63,13 @@ pub const MERGE_PACE: usize = 2;
 /// table for many of them).
 pub const ROWS_MERGE_THRESHOLD: usize = 4096;
 
-/// Age a log entry reaches before a rows merge (other than at idle)
-/// writes its job and listing rows. A job processed younger than this
-/// (`--process-delay` below it) is only ever in the log and in memory:
-/// its rows are neither written nor deleted, which halves the writes of
-/// processing it. Bounds the tail's size to about this long of ingest.
+/// With a `--process-delay` below this, the age a log entry reaches
+/// before a rows merge (other than at idle) writes its job and listing
+/// rows. A job processed younger than this is only ever in the log and in
+/// memory: its rows are neither written nor deleted, which halves the
+/// writes of processing it. Bounds the tail's size to about this long of
+/// ingest (and [`ROWS_TAIL_CAP`]). With a longer delay, merges cover
+/// every committed entry, so the tail stays a few thousand entries.
 pub const ROWS_MIN_AGE_MS: u64 = 2_000;
 
 /// Pending jobs in the tail beyond which a rows merge covers every
@@ -681,10 +683,11 @@ impl Writer {
         if self.rows_target.is_none()
             && (self.rows_lag >= ROWS_MERGE_THRESHOLD || (idle && self.rows_upto < self.next_key))
         {
-            // Every committed entry up to the target gets its rows: when
-            // idle or past the cap all of them, else those at least
-            // ROWS_MIN_AGE_MS old (a log key starts with its creation
-            // time). Later ones count toward the next merge.
+            // Every committed entry up to the target gets its rows: those
+            // at least ROWS_MIN_AGE_MS old (a log key starts with its
+            // creation time) if jobs can be done younger, else, or when
+            // idle or past the cap, all of them. Later ones count toward
+            // the next merge.
             let tail = self
                 .store
                 .unindexed()
@@ -692,7 +695,10 @@ impl Writer {
                 .unwrap_or_else(PoisonError::into_inner)
                 .jobs
                 .len();
-            let target = if idle || tail > ROWS_TAIL_CAP {
+            // With a delay of ROWS_MIN_AGE_MS or more no new job can be
+            // done that young: waiting would only grow the tail.
+            let young_jobs_done = self.delay_ms < ROWS_MIN_AGE_MS;
+            let target = if idle || tail > ROWS_TAIL_CAP || !young_jobs_done {
                 self.next_key
             } else {
                 first_log_key_at(now_ms.saturating_sub(ROWS_MIN_AGE_MS))
