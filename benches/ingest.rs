@@ -85,6 +85,7 @@ fn label(server: Option<Reference>) -> &'static str {
         Some(Reference::File) => "floor: file + fdatasync",
         Some(Reference::Redb) => "floor: redb insert + commit",
         Some(Reference::NoStorage) => "no storage",
+        Some(Reference::RedbProcess) => "floor: redb insert + rewrite",
     }
 }
 

@@ -5,7 +5,10 @@
 //! stay flat.
 //!
 //! Each of `WEBHOOKD_BENCH_RUNS` runs (default 3) starts a fresh daemon
-//! and prints its own table; the last line gives the medians.
+//! and prints its own table, then drives the `redb-process` reference
+//! server (`common/reference.rs`: one redb table, each body inserted and
+//! rewritten once 1 s later, one commit per batch) with the same load for
+//! the same time; the last line gives the medians of both.
 //!
 //! Run: `cargo bench --bench sustained`
 //! (`WEBHOOKD_BENCH_SECONDS` changes the length, default 60.)
@@ -16,7 +19,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Limit, Server, median, metric, run_load_until, runs};
+use common::{Limit, Reference, Server, median, metric, run_load_until, runs};
 
 const CONNECTIONS: usize = 64;
 const WINDOW_SECONDS: u64 = 10;
@@ -24,6 +27,9 @@ const WINDOW_SECONDS: u64 = 10;
 /// What one run showed.
 struct Summary {
     rate: f64,
+    /// The `redb-process` floor's rate in the same run.
+    floor_rate: f64,
+    floor_p99: f64,
     p99: f64,
     max_backlog: f64,
     peak_rss_mib: f64,
@@ -31,6 +37,7 @@ struct Summary {
 }
 
 fn main() {
+    common::reference::run_if_asked();
     let seconds: u64 = std::env::var("WEBHOOKD_BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -45,6 +52,12 @@ fn main() {
         pick(|s| s.max_backlog),
         pick(|s| s.peak_rss_mib),
         summaries.iter().filter(|s| s.flat).count()
+    );
+    println!(
+        "floor (redb insert + rewrite 1 s later), same runs: {:.0}/s, p99 {:.2} ms; webhookd/floor {:.2}",
+        pick(|s| s.floor_rate),
+        pick(|s| s.floor_p99),
+        pick(|s| s.rate) / pick(|s| s.floor_rate)
     );
 }
 
@@ -106,7 +119,25 @@ fn run_once(seconds: u64, run: usize) -> Summary {
         if flat { "flat" } else { "GROWING" }
     );
     server.stop();
+
+    let floor_dir = tempfile::tempdir().expect("temp dir");
+    let floor = Server::reference(Reference::RedbProcess, floor_dir.path(), 0);
+    let floor_result = run_load_until(
+        floor.addr,
+        CONNECTIONS,
+        7 + run as u64,
+        Limit::Duration(Duration::from_secs(seconds)),
+        |_| {},
+    );
+    floor.stop();
+    println!(
+        "floor: redb insert + rewrite 1 s later: {:.0}/s, p99 {:.2} ms",
+        floor_result.per_second(),
+        floor_result.ms(0.99)
+    );
     Summary {
+        floor_rate: floor_result.per_second(),
+        floor_p99: floor_result.ms(0.99),
         rate: result.per_second(),
         p99: result.ms(0.99),
         max_backlog,

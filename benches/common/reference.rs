@@ -12,16 +12,22 @@
 //! - `redb`: one writer thread inserts each batch of bodies into one redb
 //!   table under sequential keys and commits it durably: the floor of any
 //!   design built on redb.
+//! - `redb-process`: as `redb`, and each batch also rewrites, in place,
+//!   every stored body accepted at least 1 s before (its last byte set to
+//!   mark it processed): the floor of a redb design that stores and then
+//!   processes every transaction once, as the sustained bench asks.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 pub const REFERENCE_FLAG: &str = "--reference-server";
@@ -34,6 +40,7 @@ pub enum Reference {
     NoStorage,
     File,
     Redb,
+    RedbProcess,
 }
 
 impl Reference {
@@ -42,14 +49,20 @@ impl Reference {
             Reference::NoStorage => "none",
             Reference::File => "file",
             Reference::Redb => "redb",
+            Reference::RedbProcess => "redb-process",
         }
     }
 
     fn from_name(name: &str) -> Reference {
-        [Reference::NoStorage, Reference::File, Reference::Redb]
-            .into_iter()
-            .find(|r| r.name() == name)
-            .unwrap_or_else(|| panic!("unknown reference server {name}"))
+        [
+            Reference::NoStorage,
+            Reference::File,
+            Reference::Redb,
+            Reference::RedbProcess,
+        ]
+        .into_iter()
+        .find(|r| r.name() == name)
+        .unwrap_or_else(|| panic!("unknown reference server {name}"))
     }
 }
 
@@ -69,7 +82,7 @@ pub fn run_if_asked() {
     let kind = Reference::from_name(&args[at + 1]);
     let writer = match kind {
         Reference::NoStorage => None,
-        Reference::File | Reference::Redb => {
+        Reference::File | Reference::Redb | Reference::RedbProcess => {
             let path = PathBuf::from(&args[at + 2]);
             let bytes: u64 = args[at + 3].parse().expect("file size in bytes");
             Some(spawn_writer(kind, &path, bytes))
@@ -136,7 +149,8 @@ fn spawn_writer(kind: Reference, path: &Path, bytes: u64) -> mpsc::Sender<Pendin
     let (sender, receiver) = mpsc::channel(4096);
     let mut sink: Sink = match kind {
         Reference::File => Box::new(file_sink(path, bytes)),
-        Reference::Redb => Box::new(redb_sink(path)),
+        Reference::Redb => Box::new(redb_sink(path, None)),
+        Reference::RedbProcess => Box::new(redb_sink(path, Some(Duration::from_secs(1)))),
         Reference::NoStorage => unreachable!("no writer without storage"),
     };
     std::thread::spawn(move || {
@@ -177,17 +191,52 @@ fn file_sink(path: &Path, bytes: u64) -> impl FnMut(&[Pending]) + Send + use<> {
     }
 }
 
-fn redb_sink(path: &Path) -> impl FnMut(&[Pending]) + Send + use<> {
+/// Inserts each batch; with `process_after`, also rewrites the bodies
+/// accepted at least that long before, oldest first, in the same commit.
+fn redb_sink(
+    path: &Path,
+    process_after: Option<Duration>,
+) -> impl FnMut(&[Pending]) + Send + use<> {
     const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
     let db = Database::create(path).expect("create floor database");
     let mut key = 0_u64;
+    let mut waiting: VecDeque<(Instant, u64)> = VecDeque::new();
+    let mut value = Vec::new();
     move |batch: &[Pending]| {
         let txn = db.begin_write().expect("begin");
         {
             let mut table = txn.open_table(BODIES).expect("table");
             for (body, _) in batch {
                 key += 1;
-                table.insert(key, &body[..]).expect("insert");
+                value.clear();
+                value.extend_from_slice(body);
+                value.push(b'P');
+                table.insert(key, value.as_slice()).expect("insert");
+            }
+            if let Some(delay) = process_after {
+                let now = Instant::now();
+                waiting.extend(
+                    batch
+                        .iter()
+                        .enumerate()
+                        .map(|(i, _)| (now, key - (batch.len() - 1 - i) as u64)),
+                );
+                while let Some(&(at, due_key)) = waiting.front() {
+                    if now.duration_since(at) < delay {
+                        break;
+                    }
+                    waiting.pop_front();
+                    let stored = table
+                        .get(due_key)
+                        .expect("get")
+                        .expect("stored")
+                        .value()
+                        .to_vec();
+                    value.clear();
+                    value.extend_from_slice(&stored[..stored.len() - 1]);
+                    value.push(b'D');
+                    table.insert(due_key, value.as_slice()).expect("rewrite");
+                }
             }
         }
         txn.commit().expect("durable commit");
