@@ -9,12 +9,12 @@
 //! - a 202 is never sent for anything that is not on disk;
 //! - accepting a webhook writes only its log entry: the job and listing
 //!   rows of new entries are written in bulk once [`ROWS_MERGE_THRESHOLD`]
-//!   entries have gathered, for the jobs at least [`ROWS_MIN_AGE_MS`] old
-//!   and still pending, [`ROWS_MERGE_CHUNK`] per batch (everything when
-//!   idle), so most commits a 202 waits for touch one table, and a job
-//!   processed within that age never gets rows at all. The log record
-//!   carries the due time, so those rows can always be rebuilt from the
-//!   log;
+//!   entries have gathered, for the jobs still pending (with a
+//!   `--process-delay` under [`ROWS_MIN_AGE_MS`], only those at least that
+//!   old, so a job processed younger never gets rows at all),
+//!   [`ROWS_MERGE_CHUNK`] per batch (everything when idle), so most
+//!   commits a 202 waits for touch one table. The log record carries the
+//!   due time, so those rows can always be rebuilt from the log;
 //! - commands in one batch see each other's writes, so two copies of a new
 //!   id in the same batch give one record, one job and one `duplicate: false`;
 //! - if the commit fails, nothing of the batch is stored and every caller
