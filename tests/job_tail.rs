@@ -39,9 +39,15 @@ fn check_summary(dir: &Path) -> String {
 }
 
 /// Whether the file (left by a SIGKILL) has log entries after its rows
-/// watermark, i.e. jobs without rows. Read from a copy, so the daemon
-/// later opens the file exactly as the kill left it.
+/// watermark, i.e. jobs without rows.
 fn jobs_only_in_the_log(dir: &Path) -> bool {
+    let (upto, last) = watermark_and_last_key(dir);
+    last > upto
+}
+
+/// The rows watermark and the last log key of the file. Read from a copy,
+/// so the daemon later opens the file exactly as the kill left it.
+fn watermark_and_last_key(dir: &Path) -> (u64, u64) {
     let copy = tempfile::tempdir().unwrap();
     let file = copy.path().join("copy.redb");
     std::fs::copy(dir.join("webhookd.redb"), &file).unwrap();
@@ -52,16 +58,14 @@ fn jobs_only_in_the_log(dir: &Path) -> bool {
         .unwrap()
         .get("rows_complete_upto")
         .unwrap()
-        .unwrap()
-        .value();
+        .map_or(0, |v| v.value());
     let last = txn
         .open_table(TableDefinition::<u64, &[u8]>::new("log"))
         .unwrap()
         .last()
         .unwrap()
-        .map(|(key, _)| key.value())
-        .unwrap();
-    last > upto
+        .map_or(0, |(key, _)| key.value());
+    (upto, last)
 }
 
 fn listed_ids(addr: SocketAddr, query: &str) -> Vec<String> {
@@ -209,28 +213,6 @@ fn jobs_run_once_whether_processed_before_or_after_their_rows_are_written() {
             THREADS * PER_THREAD
         )
     );
-}
-
-/// The rows watermark and the last log key in a copy of the file.
-fn watermark_and_last_key(dir: &Path) -> (u64, u64) {
-    let copy = tempfile::tempdir().unwrap();
-    let file = copy.path().join("copy.redb");
-    std::fs::copy(dir.join("webhookd.redb"), &file).unwrap();
-    let db = Database::open(&file).unwrap();
-    let txn = db.begin_read().unwrap();
-    let upto = txn
-        .open_table(TableDefinition::<&str, u64>::new("meta"))
-        .unwrap()
-        .get("rows_complete_upto")
-        .unwrap()
-        .map_or(0, |v| v.value());
-    let last = txn
-        .open_table(TableDefinition::<u64, &[u8]>::new("log"))
-        .unwrap()
-        .last()
-        .unwrap()
-        .map_or(0, |(key, _)| key.value());
-    (upto, last)
 }
 
 #[test]
