@@ -38,6 +38,23 @@ fn check_summary(dir: &Path) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
+/// `webhookd check` on a file a SIGKILL left: it passes, counts `total`
+/// transactions, each PROCESSING or PROCESSED, and exactly one job per
+/// PROCESSING one.
+fn assert_consistent_after_kill(dir: &Path, total: usize) {
+    let summary = check_summary(dir);
+    let counts: Vec<usize> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [stored, processing, processed, jobs] = counts[..] else {
+        panic!("unexpected summary: {summary}");
+    };
+    assert_eq!(stored, total, "{summary}");
+    assert_eq!(processing + processed, total, "{summary}");
+    assert_eq!(jobs, processing, "{summary}");
+}
+
 /// Whether the file (left by a SIGKILL) has log entries after its rows
 /// watermark, i.e. jobs without rows.
 fn jobs_only_in_the_log(dir: &Path) -> bool {
@@ -163,17 +180,7 @@ fn jobs_run_once_whether_processed_before_or_after_their_rows_are_written() {
     daemon.kill();
     // As the kill left it (redb repairs the file on open): consistent,
     // every transaction counted, each pending one with exactly one job.
-    let summary = check_summary(dir.path());
-    let counts: Vec<usize> = summary
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let [total, processing, processed, jobs] = counts[..] else {
-        panic!("unexpected summary: {summary}");
-    };
-    assert_eq!(total, THREADS * PER_THREAD, "{summary}");
-    assert_eq!(processing + processed, total, "{summary}");
-    assert_eq!(jobs, processing, "{summary}");
+    assert_consistent_after_kill(dir.path(), THREADS * PER_THREAD);
 
     let daemon = Daemon::start(dir.path(), &["--process-delay", "1s"]);
     let addr = daemon.addr;
@@ -251,17 +258,7 @@ fn a_long_burst_of_short_jobs_leaves_the_newest_only_in_the_log() {
     let total: usize = per_thread.iter().sum();
     let (upto, last) = watermark_and_last_key(dir.path());
     assert!(upto <= last, "watermark {upto} past the log's end {last}");
-    let summary = check_summary(dir.path());
-    let counts: Vec<usize> = summary
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let [stored, processing, processed, jobs] = counts[..] else {
-        panic!("unexpected summary: {summary}");
-    };
-    assert_eq!(stored, total, "{summary}");
-    assert_eq!(processing + processed, total, "{summary}");
-    assert_eq!(jobs, processing, "{summary}");
+    assert_consistent_after_kill(dir.path(), total);
 
     let daemon = Daemon::start(dir.path(), &["--process-delay", "1s"]);
     let addr = daemon.addr;

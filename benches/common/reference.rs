@@ -206,6 +206,7 @@ fn redb_sink(
         let txn = db.begin_write().expect("begin");
         {
             let mut table = txn.open_table(BODIES).expect("table");
+            let first = key + 1;
             for (body, _) in batch {
                 key += 1;
                 value.clear();
@@ -215,12 +216,7 @@ fn redb_sink(
             }
             if let Some(delay) = process_after {
                 let now = Instant::now();
-                waiting.extend(
-                    batch
-                        .iter()
-                        .enumerate()
-                        .map(|(i, _)| (now, key - (batch.len() - 1 - i) as u64)),
-                );
+                waiting.extend((first..=key).map(|k| (now, k)));
                 while let Some(&(at, due_key)) = waiting.front() {
                     if now.duration_since(at) < delay {
                         break;
