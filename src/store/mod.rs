@@ -32,6 +32,7 @@
 
 pub mod backend;
 pub mod encoding;
+mod tail;
 mod unacknowledged;
 pub mod writer;
 
@@ -311,8 +312,8 @@ pub(crate) struct Unindexed {
     /// cycles). Already in id order, so a cycle starts by moving `active`
     /// here, without copying or sorting anything.
     pub(crate) frozen: Arc<BTreeMap<Box<str>, u64>>,
-    /// Log key → due time of every PROCESSING entry without its job row.
-    pub(crate) jobs: BTreeMap<u64, u64>,
+    /// Every PROCESSING entry without its job row.
+    pub(crate) jobs: tail::TailJobs,
 }
 
 impl Unindexed {
@@ -610,26 +611,23 @@ impl Store {
             .map_or(0, |v| v.value()))
     }
 
-    /// The jobs of the log's tail that `keep` selects. Called before the
+    /// A copy of the log's tail jobs that `pick` takes. Called before the
     /// read transaction opens; the caller then drops those at or before
-    /// the snapshot's [`ROWS_UPTO_KEY`] ([`TailJobs::after`]).
-    fn tail_jobs(&self, keep: impl Fn(&Job) -> bool) -> TailJobs {
-        TailJobs(
-            self.shared
+    /// the snapshot's [`ROWS_UPTO_KEY`] ([`TailCopy::after`]).
+    fn tail_jobs(&self, pick: impl FnOnce(&tail::TailJobs) -> Vec<Job>) -> TailCopy {
+        TailCopy(pick(
+            &self
+                .shared
                 .unindexed
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
-                .jobs
-                .iter()
-                .map(|(&log_key, &due_ms)| Job { due_ms, log_key })
-                .filter(keep)
-                .collect(),
-        )
+                .jobs,
+        ))
     }
 
     /// Up to `limit` jobs due at or before `now_ms`, earliest first.
     pub fn due_jobs(&self, now_ms: u64, limit: usize) -> Result<Vec<Job>, StoreError> {
-        let tail = self.tail_jobs(|job| job.due_ms <= now_ms);
+        let tail = self.tail_jobs(|jobs| jobs.due(now_ms, limit));
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
         let tail = tail.after(rows_upto(&txn)?);
@@ -652,8 +650,30 @@ impl Store {
     }
 
     /// Due time of the earliest pending job, if any.
+    /// Called by the scheduler after each round, so it reads only the
+    /// first of each order, not the whole tail.
     pub fn next_due(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self.job_stats(0)?.earliest_due_ms)
+        // Before the snapshot, as for every tail read: a job moved to the
+        // table meanwhile shows in both, with the same due time.
+        let tail = self
+            .shared
+            .unindexed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .jobs
+            .earliest_due();
+        let db = self.handle()?;
+        let txn = db.begin_read().map_err(StoreError::storage)?;
+        let table = txn
+            .open_table(JOBS)
+            .map_err(StoreError::storage)?
+            .first()
+            .map_err(StoreError::storage)?
+            .map(|(key, _)| key.value().0);
+        Ok(match (table, tail) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     /// Number of pending (not yet processed) jobs.
@@ -689,8 +709,8 @@ impl Store {
     /// unfiltered list.
     pub fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let tail = match query.status {
-            Some(Status::Processing) => self.tail_jobs(|_| true),
-            _ => TailJobs(Vec::new()),
+            Some(Status::Processing) => self.tail_jobs(tail::TailJobs::all),
+            _ => TailCopy(Vec::new()),
         };
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
@@ -780,7 +800,7 @@ impl Store {
     }
     /// Every index row (for `webhookd check`), from one read transaction.
     pub fn index_rows(&self) -> Result<IndexRows, StoreError> {
-        let tail = self.tail_jobs(|_| true);
+        let tail = self.tail_jobs(tail::TailJobs::all);
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
         let mut rows = IndexRows::default();
@@ -836,7 +856,7 @@ impl Store {
     /// due at `now_ms` (the backlog), and the due time of the earliest.
     /// Counting the backlog walks it, so it stops at [`BACKLOG_COUNT_CAP`].
     pub fn job_stats(&self, now_ms: u64) -> Result<JobStats, StoreError> {
-        let tail = self.tail_jobs(|_| true);
+        let tail = self.tail_jobs(tail::TailJobs::all);
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
         let tail = tail.after(rows_upto(&txn)?);
@@ -871,9 +891,9 @@ impl Store {
 }
 
 /// Jobs of the log's tail copied before a read transaction opened.
-struct TailJobs(Vec<Job>);
+struct TailCopy(Vec<Job>);
 
-impl TailJobs {
+impl TailCopy {
     /// Those not yet rows in a snapshot whose [`ROWS_UPTO_KEY`] is `upto`:
     /// the others were merged into `jobs_by_due` (and are read from there)
     /// after the copy was taken. In log-key order.
@@ -1037,21 +1057,21 @@ fn load_unindexed(db: &impl ReadableDatabase) -> Result<Unindexed, redb::Error> 
     Ok(unindexed)
 }
 
-/// Log key → due time of the PROCESSING entries after [`ROWS_UPTO_KEY`].
-fn load_tail_jobs(txn: &redb::ReadTransaction) -> Result<BTreeMap<u64, u64>, redb::Error> {
+/// The jobs of the PROCESSING entries after [`ROWS_UPTO_KEY`].
+fn load_tail_jobs(txn: &redb::ReadTransaction) -> Result<tail::TailJobs, redb::Error> {
     let upto = txn
         .open_table(META)?
         .get(ROWS_UPTO_KEY)?
         .map_or(0, |v| v.value());
     let log = txn.open_table(LOG)?;
-    let mut jobs = BTreeMap::new();
+    let mut jobs = Vec::new();
     for row in log.range(upto.saturating_add(1)..)? {
         let (key, value) = row?;
         let key = key.value();
         match encoding::decode_with_due(value.value()) {
             Ok((record, _)) if record.status == Status::Processed => {}
             Ok((_, Some(due))) => {
-                jobs.insert(key, due);
+                jobs.push((key, due));
             }
             // Only schema 2 records lack a due time, and the migration
             // puts all of them before the watermark.
@@ -1060,14 +1080,14 @@ fn load_tail_jobs(txn: &redb::ReadTransaction) -> Result<BTreeMap<u64, u64>, red
                     log_key = key,
                     "PROCESSING record without a due time; due now"
                 );
-                jobs.insert(key, record.created_at_ms);
+                jobs.push((key, record.created_at_ms));
             }
             Err(e) => {
                 tracing::error!(log_key = key, error = %e, "record does not decode; not scheduled");
             }
         }
     }
-    Ok(jobs)
+    Ok(jobs.into_iter().collect())
 }
 
 enum MigrationError {

@@ -522,15 +522,17 @@ impl Writer {
         let mut unindexed = write_lock(self.store.unindexed());
         if let Some(upto) = applied.rows_upto {
             self.rows_upto = upto;
-            unindexed.jobs = unindexed.jobs.split_off(&upto.saturating_add(1));
+            unindexed.jobs.drop_through(upto);
             if self.rows_target == Some(upto) {
                 self.rows_target = None;
             }
         }
         for key in self.completed.drain(..) {
-            unindexed.jobs.remove(&key);
+            unindexed.jobs.remove(key);
         }
-        unindexed.jobs.extend(self.new_jobs.drain(..));
+        for (key, due) in self.new_jobs.drain(..) {
+            unindexed.jobs.insert(key, due);
+        }
         self.rows_lag += applied.created;
     }
 
@@ -735,10 +737,7 @@ impl Writer {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .jobs
-            .range(..=target)
-            .take(chunk.saturating_add(1))
-            .map(|(&key, &due)| (key, due))
-            .collect();
+            .through(target, chunk.saturating_add(1));
         // One more than the chunk was read to know whether any is left.
         let (jobs, upto) = if jobs.len() > chunk {
             (&jobs[..chunk], jobs[chunk - 1].0)
