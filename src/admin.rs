@@ -131,8 +131,8 @@ impl From<StoreError> for CheckFailure {
 
 /// Every record decodes and its id is stored once; every pending job names
 /// a PROCESSING transaction and every PROCESSING transaction has a job;
-/// `ids` names the right record for every id it holds, and holds every id
-/// up to its completeness mark; the listing and retention indexes hold
+/// the id index files every record under its id's hash, once, up to its
+/// completeness mark, and holds nothing else; the listing and retention indexes hold
 /// exactly one matching row per transaction they cover.
 fn check(store: &Store, out: &mut impl Write) -> Result<(), CheckFailure> {
     let mut problems = Vec::new();
@@ -165,7 +165,7 @@ fn check(store: &Store, out: &mut impl Write) -> Result<(), CheckFailure> {
         true
     })?;
     let rows = store.index_rows()?;
-    check_indexes(&records, &rows, &mut problems);
+    check_indexes(&records, &rows, &|id| store.id_hash(id), &mut problems);
     for problem in problems.iter().take(MAX_LISTED_PROBLEMS) {
         eprintln!("webhookd check: {problem}");
     }
@@ -182,11 +182,12 @@ fn check(store: &Store, out: &mut impl Write) -> Result<(), CheckFailure> {
     }
 }
 
-/// The jobs, `ids`, listing and retention rows against the records
+/// The jobs, id index, listing and retention rows against the records
 /// (log key → id, status, `processed_at`).
 fn check_indexes(
     records: &HashMap<u64, (String, Status, Option<u64>)>,
     rows: &IndexRows,
+    id_hash: &dyn Fn(&str) -> u64,
     problems: &mut Vec<String>,
 ) {
     let mut with_job = HashSet::new();
@@ -204,13 +205,13 @@ fn check_indexes(
         }
     }
     let mut in_ids = HashSet::new();
-    for (id, key) in &rows.ids {
-        match records.get(key) {
-            Some((stored, _, _)) if stored == id => {
-                in_ids.insert(*key);
+    for &(hash, key) in &rows.ids {
+        match records.get(&key) {
+            Some((id, _, _)) if id_hash(id) == hash => {
+                in_ids.insert(key);
             }
             _ => problems.push(format!(
-                "ids names log key {key} for {id:?}, which holds another record"
+                "id index row ({hash:#018x}, {key}) does not match the id of a stored transaction"
             )),
         }
     }
@@ -243,7 +244,7 @@ fn check_indexes(
             problems.push(format!("{id:?} is PROCESSING but has no pending job"));
         }
         if *key <= rows.indexed_upto && !in_ids.contains(key) {
-            problems.push(format!("{id:?} is missing from the ids index"));
+            problems.push(format!("{id:?} is missing from the id index"));
         }
         // A PROCESSING entry after the rows watermark gets its listing
         // row with its job's, in the writer's next bulk merge.

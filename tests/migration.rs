@@ -88,17 +88,30 @@ fn schema_version(dir: &Path) -> u64 {
     meta.get("schema_version").unwrap().unwrap().value()
 }
 
-/// Starts webhookd (`--process-delay 1h`) on a version `from` file and
-/// requires the log line of its migration to version 3.
-fn start_migrating(dir: &Path, from: u64) -> Daemon {
+/// Starts webhookd (`--process-delay 1h`) on an old file and requires
+/// the log lines of its migration steps, `(from, to)`.
+fn start_migrating(dir: &Path, steps: &[(u64, u64)]) -> Daemon {
     let daemon = Daemon::start(dir, &["--process-delay", "1h"]);
-    let line = format!("migrated the database from schema version {from} to 3");
-    assert!(
-        daemon.stderr_text().contains(&line),
-        "{}",
-        daemon.stderr_text()
-    );
+    for (from, to) in steps {
+        let line = format!("migrated the database from schema version {from} to {to}");
+        assert!(
+            daemon.stderr_text().contains(&line),
+            "{}",
+            daemon.stderr_text()
+        );
+    }
     daemon
+}
+
+/// Whether the file still has schema 3's `ids` table (id → log key).
+fn has_v3_ids_table(dir: &Path) -> bool {
+    let db = Database::open(dir.join("webhookd.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    match txn.open_table(IDS) {
+        Ok(_) => true,
+        Err(redb::TableError::TableDoesNotExist(_)) => false,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 fn check(dir: &Path) -> (Option<i32>, String) {
@@ -112,7 +125,7 @@ fn a_version_1_database_is_migrated_and_everything_in_it_keeps_working() {
     // The old file is consistent by the old rules, and check reads it as it is.
     assert_eq!(schema_version(dir.path()), 1);
 
-    let daemon = start_migrating(dir.path(), 1);
+    let daemon = start_migrating(dir.path(), &[(1, 4)]);
     let addr = daemon.addr;
 
     // Records read back exactly, with their times.
@@ -149,7 +162,8 @@ fn a_version_1_database_is_migrated_and_everything_in_it_keeps_working() {
 
     daemon.terminate();
     assert!(daemon.wait_exit(DEADLINE).0.success());
-    assert_eq!(schema_version(dir.path()), 3);
+    assert_eq!(schema_version(dir.path()), 4);
+    assert!(!has_v3_ids_table(dir.path()));
     let (code, stderr) = check(dir.path());
     assert_eq!(code, Some(0), "check after migration: {stderr}");
 
@@ -266,7 +280,7 @@ fn write_version_2(dir: &Path) {
 fn a_version_2_database_is_migrated_and_everything_in_it_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     write_version_2(dir.path());
-    let daemon = start_migrating(dir.path(), 2);
+    let daemon = start_migrating(dir.path(), &[(2, 3), (3, 4)]);
     let addr = daemon.addr;
     let done = get_transaction(addr, "v2-done").json();
     assert_eq!(done["status"], "PROCESSED");
@@ -289,11 +303,19 @@ fn a_version_2_database_is_migrated_and_everything_in_it_keeps_working() {
     );
     assert_eq!(again.status, 202, "{}", again.body);
     assert_eq!(again.json()["duplicate"], true);
+    // v2-done and v2-overdue were in schema 3's `ids`, so these are found
+    // through the rows the migration hashed from it.
     let changed = common::post(
         addr,
         r#"{"transaction_id":"v2-done","source_account":"s","destination_account":"d","amount":0.2,"currency":"EUR"}"#,
     );
     assert_eq!(changed.status, 409, "{}", changed.body);
+    let again = common::post(
+        addr,
+        r#"{"transaction_id":"v2-overdue","source_account":"s","destination_account":"d","amount":12345678901234567.89,"currency":"EUR"}"#,
+    );
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.json()["duplicate"], true);
 
     let pending = get(addr, "/v1/transactions?status=PROCESSING").json();
     let pending: Vec<&str> = pending["transactions"]
@@ -305,7 +327,8 @@ fn a_version_2_database_is_migrated_and_everything_in_it_keeps_working() {
     assert_eq!(pending, ["v2-later"]);
     daemon.terminate();
     assert!(daemon.wait_exit(DEADLINE).0.success());
-    assert_eq!(schema_version(dir.path()), 3);
+    assert_eq!(schema_version(dir.path()), 4);
+    assert!(!has_v3_ids_table(dir.path()));
     let (code, stderr) = check(dir.path());
     assert_eq!(code, Some(0), "check after migration: {stderr}");
 }

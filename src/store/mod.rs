@@ -1,22 +1,25 @@
 //! The embedded database: tables, their encoding, opening and checking the
 //! file, reads, and (in [`writer`]) the single group-committing writer.
 //!
-//! Layout of `<data-dir>/webhookd.redb` (schema 3):
+//! Layout of `<data-dir>/webhookd.redb` (schema 4):
 //! - `log`: log key → versioned bincode [`Record`] ([`encoding`]). The log
 //!   key is `created_ms << 20 | n`: records are keyed by arrival, so new
 //!   ones append at the right edge of the B-tree and one commit writes a
 //!   few pages however many records it carries, whatever their ids;
-//! - `ids`: `transaction_id` → log key, the lookup by id. It is written in
-//!   large batches sorted by id (see [`writer`]), so each page of this
-//!   randomly-keyed table is rewritten once for many ids, not once per id.
-//!   Until then an id lives in an in-memory map rebuilt at start from the
-//!   log entries after [`INDEXED_UPTO_KEY`];
+//! - `id_hashes`: `(hash of transaction_id, log key)` → `()`, the lookup
+//!   by id ([`ids`]: a keyed hash, candidates checked against the log). It
+//!   is written in large batches sorted by hash (see [`writer`]), so each
+//!   page of this randomly-keyed table is rewritten once for many ids, not
+//!   once per id. Until then an id lives in an in-memory set rebuilt at
+//!   start from the log entries after [`INDEXED_UPTO_KEY`];
 //! - `jobs_by_due`: `(due_ms, log key)` → `()`, one row per transaction not
 //!   yet processed: the scheduler's index, in due order;
 //! - `log_by_status`: `(status, log key)` → `()`: the filtered listing index;
 //! - `log_by_processed_at`: `(processed_ms, log key)` → `()`: the retention index;
-//! - `meta`: [`SCHEMA_VERSION_KEY`] → [`SCHEMA_VERSION`],
-//!   [`INDEXED_UPTO_KEY`] → the log key up to which every entry is in `ids`,
+//! - `meta`: [`SCHEMA_VERSION_KEY`] → [`SCHEMA_VERSION`], the two halves
+//!   of the id hash key,
+//!   [`INDEXED_UPTO_KEY`] → the log key up to which every entry is in
+//!   `id_hashes`,
 //!   and [`ROWS_UPTO_KEY`] → the log key up to which every entry has its
 //!   `jobs_by_due` and `log_by_status` rows.
 //!
@@ -32,13 +35,14 @@
 
 pub mod backend;
 pub mod encoding;
+mod ids;
 mod tail;
 mod unacknowledged;
 pub mod writer;
 
 pub use backend::{Access, FileOpener, StorageOpener};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -63,14 +67,16 @@ pub const DB_FILE_NAME: &str = "webhookd.redb";
 /// records by arrival (`log`) with the `ids`, listing and retention
 /// indexes; 3 adds the due time to records and [`ROWS_UPTO_KEY`], so job
 /// and listing rows may lag the log (a version 2 webhookd would not see
-/// the lagging jobs, hence the new version). [`Store::open`] migrates
-/// version 1 and 2 files.
-pub const SCHEMA_VERSION: u64 = 3;
+/// the lagging jobs, hence the new version); 4 replaces `ids` (the ids
+/// themselves) with `id_hashes` (a keyed hash of each, 16-byte rows).
+/// [`Store::open`] migrates version 1, 2 and 3 files.
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Key in `meta` holding the schema version.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
 
-/// Key in `meta`: every log entry with a key up to this one is in `ids`.
+/// Key in `meta`: every log entry with a key up to this one is in
+/// `id_hashes` (the name is from when that table was `ids`).
 pub const INDEXED_UPTO_KEY: &str = "ids_complete_upto";
 
 /// Key in `meta`: every log entry with a key up to this one has its
@@ -79,7 +85,8 @@ pub const INDEXED_UPTO_KEY: &str = "ids_complete_upto";
 pub const ROWS_UPTO_KEY: &str = "rows_complete_upto";
 
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-pub(crate) const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
+/// (keyed hash of the transaction id, log key): see [`ids`].
+pub(crate) const IDS: TableDefinition<(u64, u64), ()> = TableDefinition::new("id_hashes");
 pub(crate) const JOBS: TableDefinition<(u64, u64), ()> = TableDefinition::new("jobs_by_due");
 pub(crate) const BY_STATUS: TableDefinition<(u8, u64), ()> = TableDefinition::new("log_by_status");
 pub(crate) const BY_PROCESSED: TableDefinition<(u64, u64), ()> =
@@ -89,6 +96,8 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 /// Schema 1's tables, read once by the migration and then deleted.
 const V1_TRANSACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("transactions");
 const V1_JOBS: TableDefinition<(u64, &str), ()> = TableDefinition::new("jobs");
+/// Schemas 2 and 3 kept the ids themselves: id → log key.
+const V3_IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
 
 /// Bits of a log key below the creation time.
 const LOG_KEY_SHIFT: u32 = 20;
@@ -255,8 +264,8 @@ pub struct JobStats {
 /// Every index row, for `webhookd check`.
 #[derive(Debug, Default)]
 pub struct IndexRows {
-    /// `ids`: id → log key.
-    pub ids: Vec<(String, u64)>,
+    /// `id_hashes`: (id hash, log key).
+    pub ids: Vec<(u64, u64)>,
     /// `log_by_status`: (status, log key).
     pub by_status: Vec<(u8, u64)>,
     /// `log_by_processed_at`: (processed ms, log key).
@@ -291,34 +300,41 @@ struct Shared {
     db: RwLock<Option<Handle>>,
     /// Log entries failed commits may have left in the file; reads skip them.
     unacknowledged: unacknowledged::Unacknowledged,
-    /// The log's tail: ids not yet in `ids` and jobs not yet in `jobs_by_due`.
+    /// The log's tail: ids not yet in `id_hashes` and jobs not yet in
+    /// `jobs_by_due`.
     unindexed: RwLock<Unindexed>,
+    /// The file's id hash.
+    id_hasher: ids::IdHasher,
 }
 
 /// What of the log's tail is not yet in the index tables.
 ///
 /// The writer adds an id in the same batch as the log entry, and removes
-/// it only after the commit that put it into `ids`; so every stored
-/// transaction is always findable through this map or `ids`. A job is
+/// it only after the commit that put it into `id_hashes`; so every stored
+/// transaction is always findable through this set or `id_hashes`. A job is
 /// added after the commit of its log entry and removed after the commit
 /// that wrote its row (or processed it), so a reader that copies the jobs
 /// before opening its read transaction, and keeps those after the
 /// snapshot's [`ROWS_UPTO_KEY`], sees every job exactly once.
 #[derive(Default)]
 pub(crate) struct Unindexed {
-    /// Accepted since the current merge cycle began.
-    pub(crate) active: BTreeMap<Box<str>, u64>,
-    /// Being written into `ids` by the current merge cycle (empty between
-    /// cycles). Already in id order, so a cycle starts by moving `active`
-    /// here, without copying or sorting anything.
-    pub(crate) frozen: Arc<BTreeMap<Box<str>, u64>>,
+    /// (id hash, log key) of those accepted since the current merge cycle
+    /// began.
+    pub(crate) active: BTreeSet<(u64, u64)>,
+    /// Being written into `id_hashes` by the current merge cycle (empty
+    /// between cycles). Already in order, so a cycle starts by moving
+    /// `active` here, without copying or sorting anything.
+    pub(crate) frozen: Arc<BTreeSet<(u64, u64)>>,
     /// Every PROCESSING entry without its job row.
     pub(crate) jobs: tail::TailJobs,
 }
 
 impl Unindexed {
-    pub(crate) fn get(&self, id: &str) -> Option<u64> {
-        self.active.get(id).or_else(|| self.frozen.get(id)).copied()
+    /// The log keys filed under an id hash.
+    pub(crate) fn candidates(&self, hash: u64) -> Vec<u64> {
+        ids::filed_under(&self.active, hash)
+            .chain(ids::filed_under(&self.frozen, hash))
+            .collect()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -394,8 +410,9 @@ impl Store {
         let db = open_writable(&storage).map_err(&database_error)?;
         let found = read_schema_version(&db).map_err(&database_error)?;
         check_schema_version(&path, found)?;
+        let id_hasher = ids::IdHasher::of(&db).map_err(&database_error)?;
         if found == Some(1) {
-            migrate_from_v1(&db).map_err(|e| match e {
+            migrate_from_v1(&db, &id_hasher).map_err(|e| match e {
                 MigrationError::Storage(e) => database_error(e),
                 MigrationError::Record(reason) => OpenError::Migration {
                     path: path.clone(),
@@ -406,14 +423,18 @@ impl Store {
         if found == Some(2) {
             migrate_from_v2(&db).map_err(&database_error)?;
         }
+        if matches!(found, Some(2 | 3)) {
+            migrate_from_v3(&db, &id_hasher).map_err(&database_error)?;
+        }
         initialise(&db).map_err(&database_error)?;
-        let unindexed = load_unindexed(&db).map_err(&database_error)?;
+        let unindexed = load_unindexed(&db, &id_hasher).map_err(&database_error)?;
         Ok(Store {
             shared: Arc::new(Shared {
                 storage,
                 db: RwLock::new(Some(Handle::Writable(Arc::new(db)))),
                 unacknowledged: unacknowledged::Unacknowledged::default(),
                 unindexed: RwLock::new(unindexed),
+                id_hasher,
             }),
         })
     }
@@ -533,32 +554,34 @@ impl Store {
 
     /// Reads one transaction by id.
     pub fn get(&self, transaction_id: &str) -> Result<Option<Record>, StoreError> {
-        // The map is read before the read transaction begins: an entry
-        // leaves the map only after the commit that put it into `ids`, so
-        // a miss here means `ids` in the snapshot below has it (or it was
-        // never acknowledged).
-        let hint = self
+        // The set is read before the read transaction begins: an entry
+        // leaves the set only after the commit that put it into
+        // `id_hashes`, so a miss here means `id_hashes` in the snapshot
+        // below has it (or it was never acknowledged).
+        let hash = self.id_hash(transaction_id);
+        let mut candidates = self
             .shared
             .unindexed
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(transaction_id);
+            .candidates(hash);
         // The handle stays alive for the whole read, so a reopen waits for it.
         let db = self.handle()?;
         let txn = db.begin_read().map_err(StoreError::storage)?;
         let log = txn.open_table(LOG).map_err(StoreError::storage)?;
-        if let Some(key) = hint
-            && let Some(record) = read_record(&log, key)?
-            && record.transaction.transaction_id == transaction_id
-        {
-            return Ok(Some(record));
-        }
         let ids = txn.open_table(IDS).map_err(StoreError::storage)?;
-        let Some(key) = ids.get(transaction_id).map_err(StoreError::storage)? else {
-            return Ok(None);
-        };
-        Ok(read_record(&log, key.value())?
-            .filter(|record| record.transaction.transaction_id == transaction_id))
+        candidates.extend(ids::filed_in_table(&ids, hash).map_err(StoreError::storage)?);
+        match ids::find_in_log(&log, candidates, transaction_id).map_err(StoreError::storage)? {
+            None => Ok(None),
+            Some((_, Ok(record))) => Ok(Some(record)),
+            Some((key, Err(source))) => Err(StoreError::Corrupt { key, source }),
+        }
+    }
+
+    /// The hash `id_hashes` files `transaction_id` under.
+    #[must_use]
+    pub fn id_hash(&self, transaction_id: &str) -> u64 {
+        self.shared.id_hasher.hash(transaction_id)
     }
 
     /// The highest log key in use (0 for an empty log).
@@ -812,8 +835,8 @@ impl Store {
             .iter()
             .map_err(StoreError::storage)?
         {
-            let (id, key) = row.map_err(StoreError::storage)?;
-            rows.ids.push((id.value().to_owned(), key.value()));
+            let (key, _) = row.map_err(StoreError::storage)?;
+            rows.ids.push(key.value());
         }
         for row in txn
             .open_table(BY_STATUS)
@@ -1017,10 +1040,43 @@ fn migrate_from_v2(db: &Database) -> Result<(), redb::Error> {
             .map_or(0, |(key, _)| key.value());
         let mut meta = txn.open_table(META)?;
         meta.insert(ROWS_UPTO_KEY, last)?;
-        meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+        meta.insert(SCHEMA_VERSION_KEY, 3)?;
     }
     txn.commit()?;
     tracing::info!("migrated the database from schema version 2 to 3");
+    Ok(())
+}
+
+/// Schema 3 → 4: every row of `ids` (id → log key) becomes its row of
+/// `id_hashes`, and `ids` goes, in one commit. Everything else stays:
+/// the in-memory tail is rebuilt from the log after
+/// [`INDEXED_UPTO_KEY`] as at every start.
+fn migrate_from_v3(db: &Database, id_hasher: &ids::IdHasher) -> Result<(), redb::Error> {
+    let started = Instant::now();
+    let txn = db.begin_write()?;
+    let mut rows = Vec::new();
+    {
+        for row in txn.open_table(V3_IDS)?.iter()? {
+            let (id, key) = row?;
+            rows.push((id_hasher.hash(id.value()), key.value()));
+        }
+        rows.sort_unstable();
+        // A file that already went through part of this and crashed has
+        // nothing committed of it: the whole step is one transaction.
+        let mut hashes = txn.open_table(IDS)?;
+        for &row in &rows {
+            hashes.insert(row, ())?;
+        }
+    }
+    txn.delete_table(V3_IDS)?;
+    txn.open_table(META)?
+        .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+    txn.commit()?;
+    tracing::info!(
+        ids = rows.len(),
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "migrated the database from schema version 3 to 4"
+    );
     Ok(())
 }
 
@@ -1029,7 +1085,10 @@ fn migrate_from_v2(db: &Database) -> Result<(), redb::Error> {
 /// the jobs of the PROCESSING entries after [`ROWS_UPTO_KEY`], whose rows
 /// it had not yet written. At most a few merge cycles' worth, so this
 /// takes milliseconds.
-fn load_unindexed(db: &impl ReadableDatabase) -> Result<Unindexed, redb::Error> {
+fn load_unindexed(
+    db: &impl ReadableDatabase,
+    id_hasher: &ids::IdHasher,
+) -> Result<Unindexed, redb::Error> {
     let txn = db.begin_read()?;
     let ids_upto = txn
         .open_table(META)?
@@ -1040,11 +1099,11 @@ fn load_unindexed(db: &impl ReadableDatabase) -> Result<Unindexed, redb::Error> 
         ..Unindexed::default()
     };
     let log = txn.open_table(LOG)?;
-    let mut ids: Vec<(Box<str>, u64)> = Vec::new();
+    let mut hashes: Vec<(u64, u64)> = Vec::new();
     for row in log.range(ids_upto.saturating_add(1)..)? {
         let (key, value) = row?;
         match encoding::decode_id(value.value()) {
-            Ok(id) => ids.push((id.into(), key.value())),
+            Ok(id) => hashes.push((id_hasher.hash(id), key.value())),
             Err(e) => {
                 tracing::error!(log_key = key.value(), error = %e, "record does not decode; not findable by id");
             }
@@ -1053,7 +1112,7 @@ fn load_unindexed(db: &impl ReadableDatabase) -> Result<Unindexed, redb::Error> 
     // Collected, then built in one go: `from_iter` sorts and bulk-builds,
     // several times faster than inserting random ids one by one, and the
     // server is not ready until this is done.
-    unindexed.active = ids.into_iter().collect();
+    unindexed.active = hashes.into_iter().collect();
     Ok(unindexed)
 }
 
@@ -1111,7 +1170,7 @@ impl<E: Into<redb::Error>> From<E> for MigrationError {
 /// dropped and the version set in the last commit, so a crash
 /// part-way leaves a version 1 file whose half-built new tables the next
 /// attempt clears first.
-fn migrate_from_v1(db: &Database) -> Result<(), MigrationError> {
+fn migrate_from_v1(db: &Database, id_hasher: &ids::IdHasher) -> Result<(), MigrationError> {
     let started = Instant::now();
     // (created_ms, id, record), in creation order.
     let mut records = Vec::new();
@@ -1142,6 +1201,7 @@ fn migrate_from_v1(db: &Database) -> Result<(), MigrationError> {
     // Clear what an interrupted earlier attempt may have left.
     let txn = db.begin_write()?;
     txn.delete_table(LOG)?;
+    txn.delete_table(V3_IDS)?;
     txn.delete_table(IDS)?;
     txn.delete_table(JOBS)?;
     txn.delete_table(BY_STATUS)?;
@@ -1176,7 +1236,7 @@ fn migrate_from_v1(db: &Database) -> Result<(), MigrationError> {
                     &mut buf,
                 );
                 log.insert(last_key, buf.as_slice())?;
-                ids.insert(id, last_key)?;
+                ids.insert((id_hasher.hash(id), last_key), ())?;
                 by_status.insert((status_key(record.status), last_key), ())?;
                 if let (Status::Processed, Some(at)) = (record.status, record.processed_at_ms) {
                     by_processed.insert((at, last_key), ())?;
@@ -1211,7 +1271,7 @@ fn migrate_from_v1(db: &Database) -> Result<(), MigrationError> {
         transactions = records.len(),
         jobs = v1_jobs.len(),
         elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "migrated the database from schema version 1 to 3"
+        "migrated the database from schema version 1 to 4"
     );
     Ok(())
 }

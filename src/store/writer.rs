@@ -25,7 +25,7 @@
 //!   answered and deleted by the first commit after the reopen
 //!   ([`super::unacknowledged`]), so a 503 always means "not stored".
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockWriteGuard};
 use std::thread::JoinHandle;
@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::unacknowledged::Refused;
 use super::{
     BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, ROWS_UPTO_KEY, Store,
-    StoreError, encoding, first_log_key_at, next_log_key, status_key,
+    StoreError, encoding, first_log_key_at, ids, next_log_key, status_key,
 };
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
@@ -301,13 +301,14 @@ struct Writer {
     store: Store,
     /// The highest log key handed out (committed, or in the current batch).
     next_key: u64,
-    /// Committed [`INDEXED_UPTO_KEY`]: every log entry up to it is in `ids`.
+    /// Committed [`INDEXED_UPTO_KEY`]: every log entry up to it is in
+    /// `id_hashes`.
     indexed_upto: u64,
     /// The merge cycle in progress, if any.
     cycle: Option<MergeCycle>,
-    /// Ids this batch put into the unindexed map, removed again if its
-    /// commit fails.
-    added: Vec<(Box<str>, u64)>,
+    /// Id, id hash and log key of the entries this batch put into the
+    /// unindexed set, removed again if its commit fails.
+    added: Vec<(Box<str>, u64, u64)>,
     /// Log key and due time of this batch's new jobs, added to the tail's
     /// jobs once it commits.
     new_jobs: Vec<(u64, u64)>,
@@ -335,21 +336,22 @@ struct Writer {
     metrics: Arc<Metrics>,
 }
 
-/// Putting the ids of the log's tail into the `ids` table: the frozen
-/// map, in id order, a chunk per batch. Sorted chunks over a large set
-/// rewrite each page of `ids` once for many ids.
+/// Putting the ids of the log's tail into the `id_hashes` table: the
+/// frozen set, in order, a chunk per batch. Sorted chunks over a large set
+/// rewrite each page of `id_hashes` once for many ids.
 struct MergeCycle {
-    entries: Arc<BTreeMap<Box<str>, u64>>,
-    /// Entries up to and including this id are committed to `ids`.
-    merged_through: Option<Box<str>>,
-    /// Every log entry up to this key is in `entries` or already in `ids`.
+    entries: Arc<BTreeSet<(u64, u64)>>,
+    /// Entries up to and including this one are committed to `id_hashes`.
+    merged_through: Option<(u64, u64)>,
+    /// Every log entry up to this key is in `entries` or already in
+    /// `id_hashes`.
     upto: u64,
 }
 
 /// The part of a merge cycle one batch wrote.
 struct MergeStep {
-    /// The last id it wrote.
-    through: Box<str>,
+    /// The last entry it wrote.
+    through: Option<(u64, u64)>,
     /// Whether that finished the cycle.
     finished: bool,
 }
@@ -498,10 +500,8 @@ impl Writer {
                 // in the file: record them, to be taken back.
                 let mut unindexed = write_lock(self.store.unindexed());
                 let mut refused = Vec::with_capacity(self.added.len());
-                for (id, key) in self.added.drain(..) {
-                    if unindexed.active.get(&id) == Some(&key) {
-                        unindexed.active.remove(&id);
-                    }
+                for (id, hash, key) in self.added.drain(..) {
+                    unindexed.active.remove(&(hash, key));
                     refused.push(Refused {
                         transaction_id: id,
                         log_key: key,
@@ -553,7 +553,7 @@ impl Writer {
     /// is in `ids`, so the frozen map goes and [`INDEXED_UPTO_KEY`] moves.
     fn finish_merge_step(&mut self, step: &MergeStep) {
         let Some(cycle) = &mut self.cycle else { return };
-        cycle.merged_through = Some(step.through.clone());
+        cycle.merged_through = step.through;
         if step.finished {
             self.indexed_upto = cycle.upto;
             self.cycle = None;
@@ -631,8 +631,13 @@ impl Writer {
                         limit,
                         ..
                     } => {
-                        let deleted =
-                            purge(&mut tables, *processed_before_ms, *limit, self.indexed_upto)?;
+                        let deleted = purge(
+                            &self.store,
+                            &mut tables,
+                            *processed_before_ms,
+                            *limit,
+                            self.indexed_upto,
+                        )?;
                         wrote_data |= deleted > 0;
                         purged += deleted;
                         outcomes.push(Outcome::Purged(deleted));
@@ -769,28 +774,18 @@ impl Writer {
         };
         let start = cycle
             .merged_through
-            .as_deref()
             .map_or(Bound::Unbounded, Bound::Excluded);
-        let mut rest = cycle
-            .entries
-            .range::<str, _>((start, Bound::Unbounded))
-            .peekable();
-        let mut through = None;
-        for (id, key) in rest.by_ref().take(chunk) {
-            tables.ids.insert(&**id, *key)?;
-            through = Some(id);
+        let mut rest = cycle.entries.range((start, Bound::Unbounded)).peekable();
+        let mut through = cycle.merged_through;
+        for &entry in rest.by_ref().take(chunk) {
+            tables.ids.insert(entry, ())?;
+            through = Some(entry);
         }
         let finished = rest.peek().is_none();
         if finished {
             txn.open_table(META)?.insert(INDEXED_UPTO_KEY, cycle.upto)?;
         }
-        Ok(Some(MergeStep {
-            through: through
-                .cloned()
-                .or_else(|| cycle.merged_through.clone())
-                .unwrap_or_default(),
-            finished,
-        }))
+        Ok(Some(MergeStep { through, finished }))
     }
 
     /// Answers every command of a batch that could not be applied.
@@ -868,13 +863,8 @@ impl Writer {
                             && record.status == Status::Processing =>
                     {
                         log.remove(key).map_err(StoreError::storage)?;
-                        if ids
-                            .get(id)
-                            .map_err(StoreError::storage)?
-                            .is_some_and(|k| k.value() == key)
-                        {
-                            ids.remove(id).map_err(StoreError::storage)?;
-                        }
+                        ids.remove((self.store.id_hash(id), key))
+                            .map_err(StoreError::storage)?;
                         taken_back += 1;
                     }
                     _ => {
@@ -905,20 +895,16 @@ impl Writer {
         now_ms: u64,
     ) -> Result<Result<AcceptOutcome, WriteError>, redb::Error> {
         let id = transaction.transaction_id.as_str();
-        let hint = self
+        let hash = self.store.id_hash(id);
+        let mut candidates = self
             .store
             .unindexed()
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(id);
-        let existing = match hint {
-            Some(key) => Some(key),
-            None => tables.ids.get(id)?.map(|key| key.value()),
-        };
-        if let Some(key) = existing
-            && let Some(stored) = tables.log.get(key)?
-        {
-            return Ok(match encoding::decode(stored.value()) {
+            .candidates(hash);
+        candidates.extend(ids::filed_in_table(&tables.ids, hash)?);
+        if let Some((_, stored)) = ids::find_in_log(&tables.log, candidates, id)? {
+            return Ok(match stored {
                 // NewTransaction equality compares the id, the amount by
                 // value (1500.50 == 1500.5) and the upper-cased currency.
                 Ok(record) if record.transaction == *transaction => {
@@ -948,11 +934,10 @@ impl Writer {
         // is on disk. Its rows follow in a later bulk merge.
         tables.log.insert(key, self.buf.as_slice())?;
         self.new_jobs.push((key, due));
-        let id: Box<str> = id.into();
         write_lock(self.store.unindexed())
             .active
-            .insert(id.clone(), key);
-        self.added.push((id, key));
+            .insert((hash, key));
+        self.added.push((id.into(), hash, key));
         Ok(Ok(AcceptOutcome::Created))
     }
 
@@ -1033,7 +1018,7 @@ impl Writer {
 /// The tables one batch writes.
 struct Tables<'txn> {
     log: Table<'txn, u64, &'static [u8]>,
-    ids: Table<'txn, &'static str, u64>,
+    ids: Table<'txn, (u64, u64), ()>,
     jobs: Table<'txn, (u64, u64), ()>,
     by_status: Table<'txn, (u8, u64), ()>,
     by_processed: Table<'txn, (u64, u64), ()>,
@@ -1045,6 +1030,7 @@ struct Tables<'txn> {
 /// is not yet in `ids` (log key after `indexed_upto`) waits for a later
 /// sweep, so a merge never re-adds the id of a purged record.
 fn purge(
+    store: &Store,
     tables: &mut Tables<'_>,
     before_ms: u64,
     limit: usize,
@@ -1070,11 +1056,10 @@ fn purge(
         };
         match record {
             Ok(record) => {
-                let id = record.transaction.transaction_id.as_str();
                 tables.log.remove(log_key)?;
-                if tables.ids.get(id)?.is_some_and(|k| k.value() == log_key) {
-                    tables.ids.remove(id)?;
-                }
+                tables
+                    .ids
+                    .remove((store.id_hash(&record.transaction.transaction_id), log_key))?;
                 tables
                     .by_status
                     .remove((status_key(record.status), log_key))?;
