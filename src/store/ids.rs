@@ -114,10 +114,15 @@ pub(crate) fn find_in_log(
             continue;
         };
         let bytes = stored.value();
-        if encoding::decode_id(bytes).is_ok_and(|found| found != id) {
-            continue;
+        let record = encoding::decode(bytes);
+        let other = match &record {
+            Ok(record) => record.transaction.transaction_id != id,
+            // Damage past the id still shows whose record it is.
+            Err(_) => encoding::decode_id(bytes).is_ok_and(|found| found != id),
+        };
+        if !other {
+            return Ok(Some((key, record)));
         }
-        return Ok(Some((key, encoding::decode(bytes))));
     }
     Ok(None)
 }

@@ -537,7 +537,7 @@ impl Store {
     }
 
     /// How many stored transactions are findable only through the
-    /// in-memory map (not yet merged into `ids`).
+    /// in-memory set (not yet merged into `id_hashes`).
     #[must_use]
     pub fn unindexed_count(&self) -> usize {
         self.shared
@@ -547,7 +547,7 @@ impl Store {
             .len()
     }
 
-    /// The ids of log entries not yet in `ids`.
+    /// The ids of log entries not yet in `id_hashes`.
     pub(crate) fn unindexed(&self) -> &RwLock<Unindexed> {
         &self.shared.unindexed
     }
@@ -1081,7 +1081,7 @@ fn migrate_from_v3(db: &Database, id_hasher: &ids::IdHasher) -> Result<(), redb:
 }
 
 /// The log's tail as the daemon left it: the ids of the entries after
-/// [`INDEXED_UPTO_KEY`], which the writer had not yet put into `ids`, and
+/// [`INDEXED_UPTO_KEY`], which the writer had not yet put into `id_hashes`, and
 /// the jobs of the PROCESSING entries after [`ROWS_UPTO_KEY`], whose rows
 /// it had not yet written. At most a few merge cycles' worth, so this
 /// takes milliseconds.
@@ -1161,7 +1161,7 @@ impl<E: Into<redb::Error>> From<E> for MigrationError {
 }
 
 /// Rewrites a version 1 file (records keyed by id) into schema 3: every
-/// record into the log in creation order, with its `ids`, listing and
+/// record into the log in creation order, with its id index, listing and
 /// retention rows, and every job re-keyed to its record's log key.
 ///
 /// Every record is decoded before anything is written, so a file with a

@@ -5,7 +5,7 @@
 //! committed although every caller was told "not stored". The writer
 //! records here the log entries such a commit created, before it answers.
 //! They are never findable by id (the writer drops them from the map of
-//! unindexed ids, and only committed entries are merged into `ids`), the
+//! unindexed ids, and only committed entries are merged into `id_hashes`), the
 //! listing skips them, and after the next successful reopen the writer
 //! deletes whatever of them the file shows, in one durable commit, before
 //! anything else is written ([`writer`](super::writer)). So the database

@@ -46,10 +46,10 @@ use crate::model::{NewTransaction, Status};
 /// commit holds its callers and the memory of one batch.
 pub const MAX_BATCH: usize = 2048;
 
-/// Ids not yet in the `ids` table that start a merge cycle.
+/// Ids not yet in the `id_hashes` table that start a merge cycle.
 pub const MERGE_THRESHOLD: usize = 65_536;
 
-/// Ids a merge cycle puts into `ids` per batch while webhooks are flowing:
+/// Ids a merge cycle puts into `id_hashes` per batch while webhooks are flowing:
 /// small, so the extra pages one commit writes stay few; but at least
 /// [`MERGE_PACE`] times the batch's new transactions, so merging always
 /// outpaces ingest and the in-memory map stays within about two cycles.
@@ -368,7 +368,7 @@ struct Applied {
     processed: u64,
     /// Transactions it deleted (retention).
     purged: u64,
-    /// The part of the merge cycle it committed to `ids`.
+    /// The part of the merge cycle it committed to `id_hashes`.
     merged: Option<MergeStep>,
     /// The rows watermark it committed, if it wrote the tail's rows.
     rows_upto: Option<u64>,
@@ -454,7 +454,7 @@ impl Writer {
             || self.rows_target.is_some()
     }
 
-    /// At shutdown: puts every id still only in memory into `ids`, and
+    /// At shutdown: puts every id still only in memory into `id_hashes`, and
     /// every job into `jobs_by_due`, so the next start has nothing to
     /// rebuild. Skipped after a storage error; the next start rebuilds the
     /// maps from the log instead.
@@ -537,7 +537,7 @@ impl Writer {
     }
 
     /// Starts a merge cycle over every committed log entry not yet in
-    /// `ids`: the active map becomes the frozen one (a move, no copy).
+    /// `id_hashes`: the active set becomes the frozen one (a move, no copy).
     fn start_merge_cycle(&mut self) {
         let mut unindexed = write_lock(self.store.unindexed());
         let active = std::mem::take(&mut unindexed.active);
@@ -550,7 +550,7 @@ impl Writer {
     }
 
     /// After the commit of a merge step: at the cycle's end every frozen id
-    /// is in `ids`, so the frozen map goes and [`INDEXED_UPTO_KEY`] moves.
+    /// is in `id_hashes`, so the frozen set goes and [`INDEXED_UPTO_KEY`] moves.
     fn finish_merge_step(&mut self, step: &MergeStep) {
         let Some(cycle) = &mut self.cycle else { return };
         cycle.merged_through = step.through;
@@ -762,7 +762,7 @@ impl Writer {
     }
 
     /// Writes the next chunk of the merge cycle, if one is running, into
-    /// `ids`; the cycle's last chunk also moves [`INDEXED_UPTO_KEY`].
+    /// `id_hashes`; the cycle's last chunk also moves [`INDEXED_UPTO_KEY`].
     fn merge_step(
         &self,
         txn: &WriteTransaction,
@@ -1025,7 +1025,7 @@ struct Tables<'txn> {
 }
 
 /// Deletes up to `limit` transactions processed before `before_ms`, oldest
-/// first, with their `ids` and index rows. Only PROCESSED transactions are
+/// first, with their id index and other index rows. Only PROCESSED transactions are
 /// in the retention index, so nothing pending is ever touched; one whose id
 /// is not yet in `ids` (log key after `indexed_upto`) waits for a later
 /// sweep, so a merge never re-adds the id of a purged record.
