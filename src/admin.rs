@@ -131,8 +131,8 @@ impl From<StoreError> for CheckFailure {
 
 /// Every record decodes and its id is stored once; every pending job names
 /// a PROCESSING transaction and every PROCESSING transaction has a job;
-/// the id index files every record under its id's hash, once, up to its
-/// completeness mark, and holds nothing else; the listing and retention indexes hold
+/// the id index files every record up to its completeness mark under its
+/// id's hash, and holds nothing else; the listing and retention indexes hold
 /// exactly one matching row per transaction they cover.
 fn check(store: &Store, out: &mut impl Write) -> Result<(), CheckFailure> {
     let mut problems = Vec::new();

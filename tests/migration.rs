@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 
 use common::{DEADLINE, Daemon, get, get_transaction, poll_until, run_to_exit, wait_processed};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 
 const TRANSACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("transactions");
@@ -360,6 +360,54 @@ fn check_reports_a_listing_index_that_disagrees_with_the_records() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("\"indexed\" is missing from the listing index"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_an_id_index_that_disagrees_with_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--process-delay", "1h"]);
+    for id in ["hashed-a", "hashed-b"] {
+        assert_eq!(
+            common::post(daemon.addr, &common::payload(id, "1")).status,
+            202
+        );
+    }
+    // A clean stop merges every id into `id_hashes`.
+    daemon.terminate();
+    assert!(daemon.wait_exit(DEADLINE).0.success());
+    assert_eq!(check(dir.path()).0, Some(0));
+
+    // Damage: file one record under a hash that is not its id's, and drop
+    // the other's row, behind webhookd's back.
+    let id_hashes: TableDefinition<(u64, u64), ()> = TableDefinition::new("id_hashes");
+    {
+        let db = Database::open(dir.path().join("webhookd.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(id_hashes).unwrap();
+            let rows: Vec<(u64, u64)> = table
+                .iter()
+                .unwrap()
+                .map(|row| row.unwrap().0.value())
+                .collect();
+            assert_eq!(rows.len(), 2, "one row per id after a clean stop");
+            table.remove(rows[0]).unwrap();
+            table.remove(rows[1]).unwrap();
+            table.insert((rows[1].0 ^ 1, rows[1].1), ()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let (code, stderr) = check(dir.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not match the id of a stored transaction"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("is missing from the id index").count(),
+        2,
         "{stderr}"
     );
 }

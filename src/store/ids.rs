@@ -19,8 +19,8 @@ use std::hash::Hasher;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use siphasher::sip::SipHasher13;
 
-use super::META;
 use super::encoding::{self, DecodeError};
+use super::{META, read_meta};
 use crate::model::Record;
 
 /// `meta` keys of the two halves of the hash key.
@@ -66,19 +66,11 @@ impl IdHasher {
     }
 
     fn read(db: &impl ReadableDatabase) -> Result<Option<IdHasher>, redb::Error> {
-        let txn = db.begin_read()?;
-        let meta = match txn.open_table(META) {
-            Ok(meta) => meta,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let (Some(k0), Some(k1)) = (meta.get(KEY_NAMES[0])?, meta.get(KEY_NAMES[1])?) else {
+        let (Some(k0), Some(k1)) = (read_meta(db, KEY_NAMES[0])?, read_meta(db, KEY_NAMES[1])?)
+        else {
             return Ok(None);
         };
-        Ok(Some(IdHasher {
-            k0: k0.value(),
-            k1: k1.value(),
-        }))
+        Ok(Some(IdHasher { k0, k1 }))
     }
 }
 

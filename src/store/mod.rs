@@ -984,13 +984,18 @@ fn drain(mut db: Arc<Database>) -> Result<Database, Arc<Database>> {
 }
 
 fn read_schema_version(db: &impl ReadableDatabase) -> Result<Option<u64>, redb::Error> {
+    read_meta(db, SCHEMA_VERSION_KEY)
+}
+
+/// A value of `meta` as committed; none in a file without that table.
+fn read_meta(db: &impl ReadableDatabase, key: &str) -> Result<Option<u64>, redb::Error> {
     let txn = db.begin_read()?;
     let table = match txn.open_table(META) {
         Ok(table) => table,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    Ok(table.get(SCHEMA_VERSION_KEY)?.map(|v| v.value()))
+    Ok(table.get(key)?.map(|v| v.value()))
 }
 
 fn check_schema_version(path: &Path, found: Option<u64>) -> Result<(), OpenError> {
