@@ -16,6 +16,8 @@
 //!   every stored body accepted at least 1 s before (its last byte set to
 //!   mark it processed): the floor of a redb design that stores and then
 //!   processes every transaction once, as the sustained bench asks.
+//!   `WEBHOOKD_BENCH_PROCESS_AFTER` (humantime, default `1s`) sets that
+//!   age, e.g. `30s` to match webhookd's default delay.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -150,7 +152,13 @@ fn spawn_writer(kind: Reference, path: &Path, bytes: u64) -> mpsc::Sender<Pendin
     let mut sink: Sink = match kind {
         Reference::File => Box::new(file_sink(path, bytes)),
         Reference::Redb => Box::new(redb_sink(path, None)),
-        Reference::RedbProcess => Box::new(redb_sink(path, Some(Duration::from_secs(1)))),
+        Reference::RedbProcess => {
+            let after = std::env::var("WEBHOOKD_BENCH_PROCESS_AFTER")
+                .map_or(Duration::from_secs(1), |age| {
+                    humantime::parse_duration(&age).expect("WEBHOOKD_BENCH_PROCESS_AFTER")
+                });
+            Box::new(redb_sink(path, Some(after)))
+        }
         Reference::NoStorage => unreachable!("no writer without storage"),
     };
     std::thread::spawn(move || {
