@@ -333,30 +333,44 @@ fn a_version_2_database_is_migrated_and_everything_in_it_keeps_working() {
     assert_eq!(code, Some(0), "check after migration: {stderr}");
 }
 
-#[test]
-fn check_reports_a_listing_index_that_disagrees_with_the_records() {
+/// Stores `ids` through a daemon, stops it cleanly (which merges every id
+/// and row), requires `check` to pass, then applies `damage` to the file
+/// behind webhookd's back in one write transaction and returns what
+/// `check` says now.
+fn check_after_damage(
+    ids: &[&str],
+    damage: impl FnOnce(&redb::WriteTransaction),
+) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &["--process-delay", "1h"]);
-    assert_eq!(
-        common::post(daemon.addr, &common::payload("indexed", "1")).status,
-        202
-    );
+    for id in ids {
+        assert_eq!(
+            common::post(daemon.addr, &common::payload(id, "1")).status,
+            202
+        );
+    }
     daemon.terminate();
     assert!(daemon.wait_exit(DEADLINE).0.success());
     assert_eq!(check(dir.path()).0, Some(0));
-
-    // Damage: drop the record's listing row behind webhookd's back.
     {
-        let by_status: TableDefinition<(u8, u64), ()> = TableDefinition::new("log_by_status");
         let db = Database::open(dir.path().join("webhookd.redb")).unwrap();
         let txn = db.begin_write().unwrap();
+        damage(&txn);
+        txn.commit().unwrap();
+    }
+    check(dir.path())
+}
+
+#[test]
+fn check_reports_a_listing_index_that_disagrees_with_the_records() {
+    // Damage: drop the record's listing row.
+    let (code, stderr) = check_after_damage(&["indexed"], |txn| {
+        let by_status: TableDefinition<(u8, u64), ()> = TableDefinition::new("log_by_status");
         txn.open_table(by_status)
             .unwrap()
             .retain(|_, ()| false)
             .unwrap();
-        txn.commit().unwrap();
-    }
-    let (code, stderr) = check(dir.path());
+    });
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("\"indexed\" is missing from the listing index"),
@@ -366,40 +380,21 @@ fn check_reports_a_listing_index_that_disagrees_with_the_records() {
 
 #[test]
 fn check_reports_an_id_index_that_disagrees_with_the_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path(), &["--process-delay", "1h"]);
-    for id in ["hashed-a", "hashed-b"] {
-        assert_eq!(
-            common::post(daemon.addr, &common::payload(id, "1")).status,
-            202
-        );
-    }
-    // A clean stop merges every id into `id_hashes`.
-    daemon.terminate();
-    assert!(daemon.wait_exit(DEADLINE).0.success());
-    assert_eq!(check(dir.path()).0, Some(0));
-
     // Damage: file one record under a hash that is not its id's, and drop
-    // the other's row, behind webhookd's back.
-    let id_hashes: TableDefinition<(u64, u64), ()> = TableDefinition::new("id_hashes");
-    {
-        let db = Database::open(dir.path().join("webhookd.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut table = txn.open_table(id_hashes).unwrap();
-            let rows: Vec<(u64, u64)> = table
-                .iter()
-                .unwrap()
-                .map(|row| row.unwrap().0.value())
-                .collect();
-            assert_eq!(rows.len(), 2, "one row per id after a clean stop");
-            table.remove(rows[0]).unwrap();
-            table.remove(rows[1]).unwrap();
-            table.insert((rows[1].0 ^ 1, rows[1].1), ()).unwrap();
-        }
-        txn.commit().unwrap();
-    }
-    let (code, stderr) = check(dir.path());
+    // the other's row.
+    let (code, stderr) = check_after_damage(&["hashed-a", "hashed-b"], |txn| {
+        let id_hashes: TableDefinition<(u64, u64), ()> = TableDefinition::new("id_hashes");
+        let mut table = txn.open_table(id_hashes).unwrap();
+        let rows: Vec<(u64, u64)> = table
+            .iter()
+            .unwrap()
+            .map(|row| row.unwrap().0.value())
+            .collect();
+        assert_eq!(rows.len(), 2, "one row per id after a clean stop");
+        table.remove(rows[0]).unwrap();
+        table.remove(rows[1]).unwrap();
+        table.insert((rows[1].0 ^ 1, rows[1].1), ()).unwrap();
+    });
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("does not match the id of a stored transaction"),

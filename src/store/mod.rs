@@ -693,10 +693,7 @@ impl Store {
             .first()
             .map_err(StoreError::storage)?
             .map(|(key, _)| key.value().0);
-        Ok(match (table, tail) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        Ok(table.into_iter().chain(tail).min())
     }
 
     /// Number of pending (not yet processed) jobs.
@@ -890,10 +887,7 @@ impl Store {
             .map_err(StoreError::storage)?
             .map(|(key, _)| key.value().0);
         let tail_earliest = tail.iter().map(|job| job.due_ms).min();
-        let earliest_due_ms = match (table_earliest, tail_earliest) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let earliest_due_ms = table_earliest.into_iter().chain(tail_earliest).min();
         let table_earliest_due = table_earliest.is_some_and(|d| d <= now_ms);
         let mut due = tail.iter().filter(|job| job.due_ms <= now_ms).count() as u64;
         if table_earliest_due {
