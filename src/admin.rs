@@ -75,7 +75,7 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
             let record = store
                 .get(transaction_id)?
                 .ok_or_else(|| AdminError::NotFound(transaction_id.clone()))?;
-            out.write_all(&crate::http::transaction_json(&record))
+            out.write_all(&crate::view::transaction_json(&record))
                 .and_then(|()| out.write_all(b"\n"))
                 .map_err(io("stdout"))?;
         }
@@ -86,7 +86,7 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
             let mut undecodable = 0;
             store.for_each_transaction(|key, record| match record {
                 Ok(record) => match out
-                    .write_all(&crate::http::transaction_json(&record))
+                    .write_all(&crate::view::transaction_json(&record))
                     .and_then(|()| out.write_all(b"\n"))
                 {
                     Ok(()) => true,

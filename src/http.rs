@@ -25,7 +25,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -35,6 +34,7 @@ use crate::model::{self, PayloadError, Record, Status};
 use crate::signature::Verifier;
 use crate::store::writer::{AcceptOutcome, WriteError, WriterHandle};
 use crate::store::{ListQuery, MAX_PAGE, Store};
+use crate::view::{format_time, transaction_json};
 
 /// Bounds on what one client can hold: set from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -440,18 +440,6 @@ fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
 
 // --- GET /v1/transactions/{id} -------------------------------------------
 
-#[derive(Serialize)]
-struct TransactionView<'a> {
-    transaction_id: &'a str,
-    source_account: &'a str,
-    destination_account: &'a str,
-    amount: &'a RawValue,
-    currency: &'a str,
-    status: &'static str,
-    created_at: String,
-    processed_at: Option<String>,
-}
-
 async fn status(state: &AppState, raw_id: &str) -> Response<Full<Bytes>> {
     // Ids are UTF-8 by validation, so a path that does not decode to UTF-8
     // cannot name a stored transaction.
@@ -480,28 +468,6 @@ async fn status(state: &AppState, raw_id: &str) -> Response<Full<Bytes>> {
 
 fn transaction_response(record: &Record) -> Response<Full<Bytes>> {
     json_bytes(StatusCode::OK, transaction_json(record))
-}
-
-/// A stored transaction as `GET /v1/transactions/{id}` shows it (also used
-/// by `webhookd inspect` and `webhookd export`).
-#[must_use]
-pub fn transaction_json(record: &Record) -> Vec<u8> {
-    let tx = &record.transaction;
-    // Invariant: a formatted Decimal is a valid JSON number (digits, at most
-    // one '.', no exponent, positive).
-    let amount = RawValue::from_string(model::format_amount(tx.amount))
-        .expect("a formatted decimal is a JSON number");
-    serde_json::to_vec(&TransactionView {
-        transaction_id: &tx.transaction_id,
-        source_account: &tx.source_account,
-        destination_account: &tx.destination_account,
-        amount: &amount,
-        currency: tx.currency.as_str(),
-        status: record.status.as_str(),
-        created_at: format_time(record.created_at_ms),
-        processed_at: record.processed_at_ms.map(format_time),
-    })
-    .expect("a transaction view always serialises")
 }
 
 // --- GET /v1/transactions ---------------------------------------------------
@@ -826,12 +792,6 @@ fn now_ms() -> u64 {
     crate::store::writer::now_ms()
 }
 
-/// RFC 3339 in UTC with millisecond precision and a `Z` suffix.
-#[must_use]
-pub fn format_time(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 /// Address the server is bound to, as logged in the ready line.
 #[must_use]
 pub fn ready_line(addr: SocketAddr) -> String {
@@ -850,10 +810,5 @@ mod tests {
         assert!(!check("text/plain"));
         assert!(!check("application/jsonx"));
         assert!(!is_json_content_type(None));
-    }
-
-    #[test]
-    fn times_are_rfc3339_utc_with_z() {
-        assert_eq!(format_time(1_764_000_000_123), "2025-11-24T16:00:00.123Z");
     }
 }

@@ -10,7 +10,8 @@
 //! - [`scheduler`]: fires due jobs from the durable jobs table;
 //! - [`retention`]: `--retention`, deletes old PROCESSED transactions;
 //! - [`signature`]: optional webhook signature verification;
-//! - [`shutdown`]: SIGTERM/SIGINT handling.
+//! - [`shutdown`]: SIGTERM/SIGINT handling;
+//! - [`view`]: how a transaction and a time are shown (API, `inspect`, `export`, logs).
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
 //! → drain requests → stop the scheduler → flush and stop the writer.
@@ -29,6 +30,7 @@ pub mod scheduler;
 pub mod shutdown;
 pub mod signature;
 pub mod store;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
