@@ -114,6 +114,17 @@ pub struct Config {
     )]
     pub body_read_timeout: Duration,
 
+    /// A connection whose answers the client leaves unread for this long
+    /// (the server cannot write to it) is closed.
+    #[arg(
+        long,
+        env = "WEBHOOKD_WRITE_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = parse_positive_duration
+    )]
+    pub write_timeout: Duration,
+
     /// Verify webhook signatures with this scheme (off when not set); POSTs
     /// without a valid signature get 401 and are not stored.
     #[arg(

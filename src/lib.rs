@@ -129,6 +129,17 @@ fn shutdown_trigger(trigger: Option<Trigger>) -> Result<(Option<ShutdownSignals>
     Ok((Some(signals), requested))
 }
 
+/// One warning at start when the port is reachable from other hosts and
+/// nothing checks who posts to it.
+fn warn_if_open_to_others(listen: SocketAddr, signed: bool) {
+    if !listen.ip().to_canonical().is_loopback() && !signed {
+        tracing::warn!(
+            %listen,
+            "listening beyond this host without --signature-scheme: anyone who can reach {listen} can store webhooks and read every transaction"
+        );
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT, then shuts it down in order.
 ///
 /// Nothing is logged before the store is open, so a start-up failure is
@@ -195,6 +206,7 @@ pub fn run_with(
     let (signals, shutdown) = shutdown_trigger(options.shutdown)?;
 
     let pending_jobs = store.pending_jobs().unwrap_or_default();
+    warn_if_open_to_others(config.listen, verifier.is_some());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %config.data_dir.display(),
@@ -217,6 +229,7 @@ pub fn run_with(
         max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
         header_read_timeout: config.header_read_timeout,
         body_read_timeout: config.body_read_timeout,
+        write_timeout: config.write_timeout,
     };
     let state = Arc::new(http::AppState::new(
         store,
