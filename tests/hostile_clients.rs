@@ -208,6 +208,10 @@ fn clients_that_never_read_their_answers_are_closed_within_the_write_timeout() {
         .collect();
     let opened = Instant::now();
     let held_at_start = open_fds(pid).saturating_sub(fds_before);
+    eprintln!(
+        "{CLIENTS} never-reading clients opened: {held_at_start} connections held, VmRSS {} KiB (before: {rss_before} KiB)",
+        proc_status_kib(pid, "VmRSS")
+    );
     // Webhooks on other connections keep getting 202 meanwhile, until
     // every never-reading connection is closed by the server.
     let mut n = 0;

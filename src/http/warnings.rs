@@ -6,7 +6,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Most per-request warnings written in one window of [`WINDOW`].
+/// Most per-request warnings written in any one second.
 pub const MAX_WARNINGS_PER_SECOND: u32 = 20;
 
 /// The rate limit's window.
