@@ -78,6 +78,12 @@ impl HealthCheck {
                 .is_ok()
             {
                 let guard = ProbingGuard(self);
+                // A probe may have finished since the look above.
+                if let Some(probed) = *self.latest.borrow()
+                    && probed.at.elapsed() < HEALTH_PROBE_INTERVAL
+                {
+                    return probed.failure;
+                }
                 let failure = probe(writer).await;
                 self.latest.send_replace(Some(Probed {
                     at: Instant::now(),

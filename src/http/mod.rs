@@ -181,6 +181,8 @@ pub async fn serve(
         let state = Arc::clone(&state);
         let builder = Arc::clone(&builder);
         connections.spawn(async move {
+            // Held until the connection ends, on every path.
+            let _slot = slot;
             let Some(io) = connection::open(
                 stream,
                 limits.header_read_timeout,
@@ -189,7 +191,6 @@ pub async fn serve(
             )
             .await
             else {
-                drop(slot);
                 return;
             };
             let service = service_fn(move |request| {
@@ -200,7 +201,6 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(slot);
         });
         while connections.try_join_next().is_some() {}
     }
