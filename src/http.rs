@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::metrics::{Metrics, Route, WebhookOutcome};
+use crate::metrics::{Format, Metrics, Route, WebhookOutcome};
 use crate::model::{self, PayloadError, Record, Status};
 use crate::signature::Verifier;
 use crate::store::writer::{AcceptOutcome, WriteError, WriterHandle};
@@ -259,7 +259,11 @@ async fn dispatch(
         Route::Webhooks if method == Method::POST => match receive(state, request).await {
             Ok(response) | Err(response) => response,
         },
-        Route::Metrics if method == Method::GET => metrics(state).await,
+        Route::Metrics if method == Method::GET => {
+            let accept = request.headers().get(header::ACCEPT);
+            let format = Format::negotiate(accept.and_then(|v| v.to_str().ok()));
+            metrics(state, format).await
+        }
         Route::Transaction if method == Method::GET => {
             let raw_id = request.uri().path()[TRANSACTIONS_PREFIX.len()..].to_owned();
             status(state, &raw_id).await
@@ -312,8 +316,8 @@ async fn health(state: &AppState) -> Response<Full<Bytes>> {
 
 // --- GET /metrics --------------------------------------------------------
 
-/// Every metric, with the job gauges read from the jobs table now.
-async fn metrics(state: &AppState) -> Response<Full<Bytes>> {
+/// Every metric in `format`, with the job gauges read from the jobs table now.
+async fn metrics(state: &AppState, format: Format) -> Response<Full<Bytes>> {
     let reader = state.store.clone();
     let now = now_ms();
     let jobs = match tokio::task::spawn_blocking(move || reader.job_stats(now)).await {
@@ -323,12 +327,16 @@ async fn metrics(state: &AppState) -> Response<Full<Bytes>> {
     };
     let text = state
         .metrics
-        .render(&jobs, now, state.store.unindexed_count());
+        .render(format, &jobs, now, state.store.unindexed_count());
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        HeaderValue::from_static(format.content_type()),
     );
+    // The answer depends on the request's Accept header.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
     response
 }
 
