@@ -126,11 +126,12 @@ pub struct Config {
 
     /// File with the signing secrets, one per line (any one may match, so
     /// secrets can be rotated); `whsec_<base64>` for standard-webhooks.
+    /// Given with --signature-scheme, never without.
     #[arg(long, env = "WEBHOOKD_SIGNING_SECRETS_FILE", value_name = "PATH")]
     pub signing_secrets_file: Option<PathBuf>,
 
-    /// Header carrying the hex signature, for --signature-scheme hmac-sha256
-    /// (e.g. X-Razorpay-Signature).
+    /// Header carrying the hex signature (e.g. X-Razorpay-Signature):
+    /// required by --signature-scheme hmac-sha256, refused with the others.
     #[arg(long, env = "WEBHOOKD_SIGNATURE_HEADER", value_name = "NAME")]
     pub signature_header: Option<String>,
 
