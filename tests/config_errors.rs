@@ -35,12 +35,15 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// An environment variable and its value.
+type Env<'a> = (&'a str, &'a str);
+
 #[test]
 fn half_configured_signatures_refuse_to_start_naming_both_flags() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let secrets = write(dir.path(), "secrets", "stripe_secret\n");
-    let cases: [(Vec<&str>, &[(&str, &str)], [&str; 2]); 6] = [
+    let cases: [(Vec<&str>, &[Env], [&str; 2]); 6] = [
         // A secrets file alone used to start with signatures silently off.
         (
             vec!["--signing-secrets-file", &secrets],

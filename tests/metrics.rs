@@ -524,6 +524,10 @@ fn a_real_prometheus_scrapes_it_without_errors() {
                 b"GET /api/v1/targets HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
             )
             .ok()?;
+            // 503 until Prometheus has started.
+            if response.status != 200 {
+                return None;
+            }
             let targets = response.json();
             let target = targets["data"]["activeTargets"][0].clone();
             (target["lastScrape"]
@@ -553,9 +557,16 @@ fn a_real_prometheus_scrapes_it_without_errors() {
         assert_eq!(response.status, 200, "{}", response.body);
         response.json()["data"]["result"].clone()
     };
-    let accepted = query(r#"webhookd_webhooks_total{outcome="accepted"}"#);
+    // The scrape that made the target "up" is queryable once committed.
+    let stored = |expr: &'static str| {
+        poll_until(DEADLINE, expr, || {
+            let result = query(expr);
+            result.as_array().is_some_and(|r| !r.is_empty()).then_some(result)
+        })
+    };
+    let accepted = stored(r#"webhookd_webhooks_total{outcome="accepted"}"#);
     assert_eq!(accepted[0]["value"][1], "1", "{accepted}");
-    let build = query("webhookd_build_info");
+    let build = stored("webhookd_build_info");
     assert_eq!(
         build[0]["metric"]["version"],
         env!("CARGO_PKG_VERSION"),
