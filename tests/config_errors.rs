@@ -97,6 +97,8 @@ fn half_configured_signatures_refuse_to_start_naming_both_flags() {
             );
         }
         assert!(!line.contains("stripe_secret"), "a secret leaked: {line}");
+        // Named by the flags, not blamed on the secrets file.
+        assert!(!line.contains("(in "), "{line}");
     }
 }
 

@@ -561,7 +561,10 @@ fn a_real_prometheus_scrapes_it_without_errors() {
     let stored = |expr: &'static str| {
         poll_until(DEADLINE, expr, || {
             let result = query(expr);
-            result.as_array().is_some_and(|r| !r.is_empty()).then_some(result)
+            result
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+                .then_some(result)
         })
     };
     let accepted = stored(r#"webhookd_webhooks_total{outcome="accepted"}"#);
