@@ -454,13 +454,95 @@ fn accept_chooses_openmetrics_only_when_the_scraper_asks_for_it() {
     }
 }
 
-/// SIGKILLs a child process when dropped, and reaps it.
-struct KillOnDrop(std::process::Child);
+/// A Prometheus server scraping one target every second, killed (SIGKILL) when
+/// dropped.
+struct Prometheus {
+    child: std::process::Child,
+    /// Its web server (API).
+    web: SocketAddr,
+}
 
-impl Drop for KillOnDrop {
+impl Prometheus {
+    fn start(dir: &std::path::Path, target: SocketAddr) -> Prometheus {
+        // A free port for Prometheus's own web server.
+        let web = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: webhookd\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        Prometheus { child, web }
+    }
+
+    /// The target's state once it has been scraped ("up" only once a
+    /// scrape was parsed without error).
+    fn scraped_target(&self) -> serde_json::Value {
+        poll_until(
+            std::time::Duration::from_secs(60),
+            "Prometheus to scrape webhookd",
+            || {
+                let response = common::try_send_raw(
+                    self.web,
+                    b"GET /api/v1/targets HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                )
+                .ok()?;
+                // 503 until Prometheus has started.
+                if response.status != 200 {
+                    return None;
+                }
+                let target = response.json()["data"]["activeTargets"][0].clone();
+                (target["lastScrape"]
+                    .as_str()
+                    .is_some_and(|t| !t.starts_with("0001"))
+                    && target["health"] != "unknown")
+                    .then_some(target)
+            },
+        )
+    }
+
+    /// The result of an instant query, once it has one.
+    fn query(&self, expr: &str) -> serde_json::Value {
+        let path = format!(
+            "/api/v1/query?query={}",
+            expr.replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace('"', "%22")
+                .replace('=', "%3D")
+        );
+        poll_until(DEADLINE, expr, || {
+            let response = get(self.web, &path);
+            assert_eq!(response.status, 200, "{}", response.body);
+            let result = response.json()["data"]["result"].clone();
+            result
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+                .then_some(result)
+        })
+    }
+}
+
+impl Drop for Prometheus {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -483,93 +565,19 @@ fn a_real_prometheus_scrapes_it_without_errors() {
     let daemon = Daemon::start(&dir.path().join("data"), &[]);
     assert_eq!(post(daemon.addr, &payload("p-1", "1")).status, 202);
 
-    // A free port for Prometheus's own web server.
-    let web = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: webhookd\n    static_configs:\n      - targets: [\"{}\"]\n",
-            daemon.addr
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let _prometheus = KillOnDrop(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus"),
-    );
-    let log_text =
-        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-
-    // A target is "up" only once a scrape was parsed without error.
-    let target = poll_until(
-        std::time::Duration::from_secs(60),
-        "Prometheus to scrape webhookd",
-        || {
-            let response = common::try_send_raw(
-                web,
-                b"GET /api/v1/targets HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-            )
-            .ok()?;
-            // 503 until Prometheus has started.
-            if response.status != 200 {
-                return None;
-            }
-            let targets = response.json();
-            let target = targets["data"]["activeTargets"][0].clone();
-            (target["lastScrape"]
-                .as_str()
-                .is_some_and(|t| !t.starts_with("0001"))
-                && target["health"] != "unknown")
-                .then_some(target)
-        },
-    );
+    let prometheus = Prometheus::start(dir.path(), daemon.addr);
+    let target = prometheus.scraped_target();
     assert_eq!(
         target["health"],
         "up",
         "{target}\nprometheus log:\n{}",
-        log_text()
+        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
     );
     assert_eq!(target["lastError"], "", "{target}");
-
-    let query = |expr: &str| {
-        let path = format!(
-            "/api/v1/query?query={}",
-            expr.replace('{', "%7B")
-                .replace('}', "%7D")
-                .replace('"', "%22")
-                .replace('=', "%3D")
-        );
-        let response = get(web, &path);
-        assert_eq!(response.status, 200, "{}", response.body);
-        response.json()["data"]["result"].clone()
-    };
     // The scrape that made the target "up" is queryable once committed.
-    let stored = |expr: &'static str| {
-        poll_until(DEADLINE, expr, || {
-            let result = query(expr);
-            result
-                .as_array()
-                .is_some_and(|r| !r.is_empty())
-                .then_some(result)
-        })
-    };
-    let accepted = stored(r#"webhookd_webhooks_total{outcome="accepted"}"#);
+    let accepted = prometheus.query(r#"webhookd_webhooks_total{outcome="accepted"}"#);
     assert_eq!(accepted[0]["value"][1], "1", "{accepted}");
-    let build = stored("webhookd_build_info");
+    let build = prometheus.query("webhookd_build_info");
     assert_eq!(
         build[0]["metric"]["version"],
         env!("CARGO_PKG_VERSION"),
