@@ -75,6 +75,22 @@ pub enum Error {
     WriterPanicked,
 }
 
+impl Error {
+    /// The process exit code for this error: [`cli::USAGE_EXIT_CODE`] (2)
+    /// for a configuration error (a flag, an environment variable or a
+    /// file they name), which a restart cannot fix; [`cli::FAILURE_EXIT_CODE`]
+    /// (1) for a failure at run time.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Signature(_) => cli::USAGE_EXIT_CODE,
+            Error::Open(_) | Error::Listen { .. } | Error::Start { .. } | Error::WriterPanicked => {
+                cli::FAILURE_EXIT_CODE
+            }
+        }
+    }
+}
+
 fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Start { what, source }
 }
@@ -155,17 +171,12 @@ pub fn run_with(
     options: RunOptions,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
-    // Checked before the store is touched: a bad secrets file changes nothing.
-    let verifier = config
-        .signature_scheme
-        .map(|scheme| {
-            signature::Verifier::from_config(
-                scheme,
-                config.signing_secrets_file.as_deref(),
-                config.signature_header.as_deref(),
-            )
-        })
-        .transpose()?;
+    // Checked before the store is touched: bad signature settings change nothing.
+    let verifier = signature::Verifier::from_config(
+        config.signature_scheme,
+        config.signing_secrets_file.as_deref(),
+        config.signature_header.as_deref(),
+    )?;
     let store = Store::open_with(&config.data_dir, &*options.storage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

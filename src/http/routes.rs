@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::body::{self, BodyError};
 use super::errors::{AboutTransaction, ApiError, Rejection, close_connection, json, json_bytes};
 use super::{AppState, health, listing, untrusted};
-use crate::metrics::{Route, WebhookOutcome};
+use crate::metrics::{Format, Route, WebhookOutcome};
 use crate::model;
 use crate::store::writer::{AcceptOutcome, now_ms};
 use crate::view::transaction_json;
@@ -107,7 +107,11 @@ async fn dispatch(
         Route::Webhooks if method == Method::POST => match receive(state, request).await {
             Ok(response) | Err(response) => response,
         },
-        Route::Metrics if method == Method::GET => metrics(state).await,
+        Route::Metrics if method == Method::GET => {
+            let accept = request.headers().get(header::ACCEPT);
+            let format = Format::negotiate(accept.and_then(|v| v.to_str().ok()));
+            metrics(state, format).await
+        }
         Route::Transaction if method == Method::GET => {
             let raw_id = request.uri().path()[TRANSACTIONS_PREFIX.len()..].to_owned();
             status(state, &raw_id).await
@@ -125,8 +129,8 @@ async fn dispatch(
 
 // --- GET /metrics --------------------------------------------------------
 
-/// Every metric, with the job gauges read from the jobs table now.
-async fn metrics(state: &AppState) -> Response<Full<Bytes>> {
+/// Every metric in `format`, with the job gauges read from the jobs table now.
+async fn metrics(state: &AppState, format: Format) -> Response<Full<Bytes>> {
     let reader = state.store.clone();
     let now = now_ms();
     let jobs = match tokio::task::spawn_blocking(move || reader.job_stats(now)).await {
@@ -140,12 +144,16 @@ async fn metrics(state: &AppState) -> Response<Full<Bytes>> {
     };
     let text = state
         .metrics
-        .render(&jobs, now, state.store.unindexed_count());
+        .render(format, &jobs, now, state.store.unindexed_count());
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        HeaderValue::from_static(format.content_type()),
     );
+    // The answer depends on the request's Accept header.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
     response
 }
 
