@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::store::writer::DEFAULT_QUEUE_DEPTH;
+/// Default capacity of the queue in front of the store writer (`--queue-depth`).
+pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
 
 /// Largest accepted `--queue-depth`; each slot holds one parsed webhook.
 pub const MAX_QUEUE_DEPTH: u64 = 1_000_000;

@@ -823,7 +823,7 @@ fn close_connection(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>
 }
 
 fn now_ms() -> u64 {
-    crate::store::writer::now_ms()
+    crate::clock::now_ms()
 }
 
 /// RFC 3339 in UTC with millisecond precision and a `Z` suffix.

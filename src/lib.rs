@@ -1,6 +1,7 @@
 //! webhookd: a durable payment-webhook receiver on one embedded redb file.
 //!
 //! - [`cli`]: command line, environment variables, logging set-up;
+//! - [`clock`]: the wall clock in milliseconds, the unit of every stored time;
 //! - [`admin`]: `inspect`, `export`, `check`, `backup` on a stopped daemon's data dir;
 //! - [`http`]: the hyper server, routing, body limits, the JSON API and its errors;
 //! - [`metrics`]: counters, histograms and gauges for `GET /metrics`;
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod http;
 pub mod metrics;
 pub mod model;

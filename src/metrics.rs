@@ -2,8 +2,8 @@
 //! Prometheus scrapes natively), built on the `prometheus-client` crate.
 //!
 //! Counters and histograms are updated where things happen (the request
-//! handler, the store writer); the job gauges are read from the durable
-//! jobs table at scrape time, so they are never out of step with the disk.
+//! handler, the store writer); the job gauges are set at scrape time from
+//! what the store reads then (its jobs table and the log's tail).
 //! Every label has a small fixed set of values: routes are path templates,
 //! never raw paths, so a client cannot create series at will.
 
@@ -18,7 +18,16 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::store::JobStats;
+/// Pending-job figures for the job gauges, read at scrape time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobStats {
+    /// Jobs not yet completed.
+    pub pending: u64,
+    /// Jobs already due but not yet completed (counted up to a cap).
+    pub due: u64,
+    /// Due time of the earliest pending job.
+    pub earliest_due_ms: Option<u64>,
+}
 
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -14,7 +14,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::store::writer::{WriteError, WriterHandle, now_ms};
+use crate::clock::now_ms;
+use crate::store::writer::{WriteError, WriterHandle};
 
 /// Most transactions deleted by one writer command.
 pub const PURGE_BATCH: usize = 500;

@@ -16,7 +16,8 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::store::writer::{WriterHandle, now_ms};
+use crate::clock::now_ms;
+use crate::store::writer::WriterHandle;
 use crate::store::{Store, StoreError};
 
 /// Most jobs completed in one writer command; bounds the memory of one

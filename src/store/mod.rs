@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use crate::metrics::JobStats;
 use crate::model::{Record, Status};
 
 /// redb's page cache. redb's default (1 GiB) would let a daemon on a small
@@ -249,17 +250,6 @@ pub struct Job {
 
 /// Largest backlog [`Store::job_stats`] counts exactly.
 pub const BACKLOG_COUNT_CAP: u64 = 1_000_000;
-
-/// Pending-job figures for monitoring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JobStats {
-    /// Jobs not yet completed.
-    pub pending: u64,
-    /// Jobs already due but not yet completed (capped at [`BACKLOG_COUNT_CAP`]).
-    pub due: u64,
-    /// Due time of the earliest pending job.
-    pub earliest_due_ms: Option<u64>,
-}
 
 /// Every index row, for `webhookd check`.
 #[derive(Debug, Default)]

@@ -29,7 +29,7 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockWriteGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +39,7 @@ use super::{
     BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, ROWS_UPTO_KEY, Store,
     StoreError, encoding, first_log_key_at, ids, next_log_key, status_key,
 };
+use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
 
@@ -94,9 +95,6 @@ const MERGE_TICK: Duration = Duration::from_millis(250);
 /// a tick between two webhooks of a steady trickle must not hold the next
 /// one up with a large merge.
 const IDLE_AFTER: Duration = Duration::from_millis(200);
-
-/// Default capacity of the queue in front of the writer (`--queue-depth`).
-pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
 
 /// Least time between two attempts to reopen the database after a storage
 /// error; between attempts, writes are answered 503 at once.
@@ -1129,12 +1127,4 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Wall-clock time in milliseconds since the Unix epoch.
-#[must_use]
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
