@@ -1,5 +1,5 @@
-//! The command line of CONTRACT §1 (clap, with an environment variable for
-//! every option) and logging set-up.
+//! The command line (clap, with an environment variable for every option)
+//! and logging set-up.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
