@@ -207,6 +207,7 @@ pub fn run_with(
         retention = %config
             .retention
             .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
+        dedup_window = %humantime::format_duration(config.dedup_window),
         pending_jobs,
         "{}",
         http::ready_line(addr)
@@ -286,7 +287,7 @@ impl Parts {
         };
         let retention = match config
             .retention
-            .map(|age| Retention::start(writer.clone(), age))
+            .map(|age| Retention::start(writer.clone(), age, config.dedup_window))
             .transpose()
         {
             Ok(retention) => retention,

@@ -6,8 +6,8 @@ use redb::{ReadableTable, TableDefinition};
 
 use super::read::{Snapshot, for_each_in};
 use super::schema::{
-    ID_HASHES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG_BY_PROCESSED_AT, LOG_BY_STATUS,
-    ROWS_INDEXED_UPTO_KEY, status_key,
+    ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG_BY_PROCESSED_AT,
+    LOG_BY_STATUS, ROWS_INDEXED_UPTO_KEY, status_key,
 };
 use super::tail::JobsPick;
 use super::{Job, Store, StoreError};
@@ -35,9 +35,10 @@ impl Store {
     /// Verifies, in one snapshot, that every record decodes and its id is
     /// stored once; every pending job names a PROCESSING transaction and
     /// every PROCESSING transaction has exactly one job; the id index files
-    /// every record up to the id merge's watermark under its id's hash and
-    /// holds nothing else; the listing and retention indexes hold exactly
-    /// one matching row per transaction they cover.
+    /// every record up to the id merge's watermark and every tombstone
+    /// under its id's hash and holds nothing else; a tombstone stands where
+    /// no record is; the listing and retention indexes hold exactly one
+    /// matching row per transaction they cover.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
         let (snapshot, tail_jobs) = self.snapshot_with_tail_jobs(JobsPick::All)?;
         let mut report = CheckReport::default();
@@ -76,8 +77,27 @@ impl Store {
         jobs.extend(tail_jobs);
         report.pending_jobs = jobs.len();
         let with_job = check_jobs(&records, &jobs, problems);
+        let tombstones = tombstones(&snapshot)?;
+        for (key, id) in &tombstones {
+            if let Some((stored, _, _)) = records.get(key) {
+                problems.push(format!(
+                    "tombstone of {id:?} at log key {key}, where {stored:?} is stored"
+                ));
+            }
+        }
         let ids = keys(&snapshot, ID_HASHES)?;
-        let in_ids = check_id_rows(&records, &ids, &|id| self.id_hash(id), problems);
+        let in_ids = check_id_rows(
+            &records,
+            &tombstones,
+            &ids,
+            &|id| self.id_hash(id),
+            problems,
+        );
+        for (key, id) in &tombstones {
+            if !in_ids.contains(key) {
+                problems.push(format!("tombstone of {id:?} is missing from the id index"));
+            }
+        }
         let listed = check_listing_rows(&records, &keys(&snapshot, LOG_BY_STATUS)?, problems);
         let retained =
             check_retention_rows(&records, &keys(&snapshot, LOG_BY_PROCESSED_AT)?, problems);
@@ -139,22 +159,41 @@ fn check_jobs(
     with_job
 }
 
-/// Each `id_hashes` row files a record under its id's hash. Returns the
-/// log keys filed.
+/// Every tombstone: log key → the id it keeps.
+fn tombstones(snapshot: &Snapshot) -> Result<HashMap<u64, String>, StoreError> {
+    let mut tombstones = HashMap::new();
+    for row in snapshot
+        .table(ID_TOMBSTONES)?
+        .iter()
+        .map_err(StoreError::storage)?
+    {
+        let (key, value) = row.map_err(StoreError::storage)?;
+        tombstones.insert(key.value(), value.value().2.to_owned());
+    }
+    Ok(tombstones)
+}
+
+/// Each `id_hashes` row files a record or a tombstone under its id's hash.
+/// Returns the log keys filed.
 fn check_id_rows(
     records: &HashMap<u64, Checked>,
+    tombstones: &HashMap<u64, String>,
     rows: &[(u64, u64)],
     id_hash: &dyn Fn(&str) -> u64,
     problems: &mut Vec<String>,
 ) -> HashSet<u64> {
     let mut in_ids = HashSet::new();
     for &(hash, key) in rows {
-        match records.get(&key) {
-            Some((id, _, _)) if id_hash(id) == hash => {
+        let id = records
+            .get(&key)
+            .map(|(id, _, _)| id)
+            .or_else(|| tombstones.get(&key));
+        match id {
+            Some(id) if id_hash(id) == hash => {
                 in_ids.insert(key);
             }
             _ => problems.push(format!(
-                "id index row ({hash:#018x}, {key}) does not match the id of a stored transaction"
+                "id index row ({hash:#018x}, {key}) does not match the id of a stored transaction or of a tombstone"
             )),
         }
     }

@@ -43,6 +43,11 @@ pub(crate) enum HashKeyError {
 }
 
 impl IdHasher {
+    #[cfg(test)]
+    pub(crate) fn for_tests(k0: u64, k1: u64) -> IdHasher {
+        IdHasher { k0, k1 }
+    }
+
     pub(crate) fn hash(&self, id: &str) -> u64 {
         let mut hasher = SipHasher13::new_with_keys(self.k0, self.k1);
         hasher.write(id.as_bytes());
@@ -92,6 +97,9 @@ pub(crate) struct IdLookup<'a> {
     id: &'a str,
     hash: u64,
     candidates: Vec<u64>,
+    /// Candidates [`IdLookup::find`] met without a record (purged ones, whose
+    /// tombstones say whose they were).
+    gone: Vec<u64>,
 }
 
 impl<'a> IdLookup<'a> {
@@ -101,6 +109,7 @@ impl<'a> IdLookup<'a> {
             id,
             hash,
             candidates: tail.id_candidates(hash),
+            gone: Vec::new(),
         }
     }
 
@@ -113,27 +122,40 @@ impl<'a> IdLookup<'a> {
     /// then from `id_hashes`) whose record is this id's. A record whose id
     /// cannot be read counts as a match: damage is reported, never skipped.
     pub(crate) fn find(
-        mut self,
+        &mut self,
         id_hashes: &impl ReadableTable<(u64, u64), ()>,
         log: &impl ReadableTable<u64, &'static [u8]>,
     ) -> Result<Option<Found>, redb::StorageError> {
         for row in id_hashes.range((self.hash, 0)..=(self.hash, u64::MAX))? {
             self.candidates.push(row?.0.value().1);
         }
-        find_in_log(log, self.candidates, self.id)
+        find_in_log(
+            log,
+            self.candidates.iter().copied(),
+            self.id,
+            &mut self.gone,
+        )
+    }
+
+    /// The candidates [`IdLookup::find`] met that have no record.
+    pub(crate) fn gone(&self) -> &[u64] {
+        &self.gone
     }
 }
 
 /// The first of `candidates` whose log record is `id`'s, with its log key
 /// and the record decoded. A record whose id cannot be read counts as a
 /// match: damage is reported, never skipped over.
+/// Candidates without a record go to `gone`.
 fn find_in_log(
     log: &impl ReadableTable<u64, &'static [u8]>,
     candidates: impl IntoIterator<Item = u64>,
     id: &str,
+    gone: &mut Vec<u64>,
 ) -> Result<Option<Found>, redb::StorageError> {
     for key in candidates {
         let Some(stored) = log.get(key)? else {
+            gone.push(key);
             continue;
         };
         let bytes = stored.value();
@@ -205,7 +227,7 @@ mod tests {
             log.insert(3, [0xff_u8].as_slice()).unwrap();
             // Two ids filed under one hash: each finds its own record.
             let found = |candidates: &[u64], id| {
-                find_in_log(&log, candidates.iter().copied(), id)
+                find_in_log(&log, candidates.iter().copied(), id, &mut Vec::new())
                     .unwrap()
                     .map(|(key, record)| (key, record.map(|r| r.transaction.transaction_id).ok()))
             };

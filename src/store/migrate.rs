@@ -16,6 +16,8 @@
 //!   time) are read as they are. One commit.
 //! - 3 → 4: schema 3's id index (`ids`, the ids themselves) becomes
 //!   `id_hashes` ([`super::ids`]), in one commit.
+//! - 4 → 5: adds `id_tombstones` ([`super::tombstones`]), empty: what
+//!   schema 4 purged is not deduplicated. One commit.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -25,8 +27,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::encoding::{self, DecodeError};
 use super::ids::IdHasher;
 use super::schema::{
-    ID_HASHES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT, LOG_BY_STATUS, META,
-    ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY, next_log_key, status_key,
+    ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
+    LOG_BY_STATUS, META, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY, next_log_key,
+    status_key,
 };
 use crate::model::Status;
 
@@ -73,6 +76,7 @@ pub(crate) fn to_current(
             1 => from_v1(db, id_hasher)?,
             2 => from_v2(db)?,
             3 => from_v3(db, id_hasher)?,
+            4 => from_v4(db)?,
             // No such version was ever written: left as it is.
             _ => return Ok(()),
         });
@@ -125,6 +129,16 @@ fn from_v3(db: &Database, id_hasher: &IdHasher) -> Result<u64, MigrationError> {
         "migrated the database from schema version 3 to 4"
     );
     Ok(4)
+}
+
+/// Schema 4 → 5: the tombstone table, empty. One commit.
+fn from_v4(db: &Database) -> Result<u64, MigrationError> {
+    let txn = db.begin_write()?;
+    txn.open_table(ID_TOMBSTONES)?;
+    txn.open_table(META)?.insert(SCHEMA_VERSION_KEY, 5)?;
+    txn.commit()?;
+    tracing::info!("migrated the database from schema version 4 to 5");
+    Ok(5)
 }
 
 /// Schema 1 → 4 (see the module doc).

@@ -10,6 +10,7 @@
 //! | `jobs_by_due` | (due time, log key) → () | one row per pending job: the scheduler's index |
 //! | `log_by_status` | (status, log key) → () | the listing filtered by status |
 //! | `log_by_processed_at` | (`processed_at`, log key) → () | retention, oldest first |
+//! | `id_tombstones` | log key → (end of window, fields digest, id) | deduplicating purged ids ([`tombstones`]) |
 //! | `meta` | name → number | schema version, id hash key, the two watermarks |
 //!
 //! A log key is `created_ms << 20 | n` ([`next_log_key`]): records are
@@ -19,12 +20,13 @@
 //!
 //! # The log and its tail
 //!
-//! The log is the truth; every other table is an index of it. Accepting a
-//! webhook writes only its log entry, whose record carries its due time,
-//! so the commit a 202 waits for touches one table. Processing rewrites
-//! the record and moves its listing row and adds its retention row in the
-//! same transaction; a purge deletes the record and its rows in one. The
-//! id and the job and listing rows of new entries follow later, in bulk;
+//! The log is the truth; every other table but `id_tombstones` is an index
+//! of it. Accepting a webhook writes only its log entry, whose record
+//! carries its due time, so the commit a 202 waits for touches one table.
+//! Processing rewrites the record, moves its listing row and adds its
+//! retention row in the same transaction; a purge deletes the record with
+//! its listing and retention rows and writes its tombstone in one. The id
+//! and the job and listing rows of new entries follow later, in bulk;
 //! until then the log's tail ([`tail`]) holds them in memory, and every
 //! read consults it beside its snapshot. After a crash the tail is rebuilt
 //! from the log, so memory is never the only copy of anything.
@@ -64,6 +66,7 @@ mod read;
 pub mod reopen;
 pub mod schema;
 pub mod tail;
+pub mod tombstones;
 pub mod unacknowledged;
 pub mod writer;
 
@@ -257,6 +260,10 @@ impl Store {
     /// Starts looking `transaction_id` up ([`ids::IdLookup`]).
     pub(crate) fn look_up_id<'a>(&self, transaction_id: &'a str) -> ids::IdLookup<'a> {
         ids::IdLookup::new(transaction_id, &self.shared.id_hasher, &self.shared.tail)
+    }
+
+    pub(crate) fn id_hasher(&self) -> &ids::IdHasher {
+        &self.shared.id_hasher
     }
 
     pub(crate) fn tail(&self) -> &tail::LogTail {

@@ -75,7 +75,7 @@ impl Store {
 
     /// Reads one transaction by id.
     pub fn get(&self, transaction_id: &str) -> Result<Option<Record>, StoreError> {
-        let lookup = self.look_up_id(transaction_id);
+        let mut lookup = self.look_up_id(transaction_id);
         let snapshot = self.snapshot()?;
         let found = lookup
             .find(&snapshot.table(ID_HASHES)?, &snapshot.table(LOG)?)

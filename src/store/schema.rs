@@ -8,7 +8,7 @@ use crate::model::Status;
 /// Version of the table layout this build reads and writes. A file with a
 /// higher version was written by a newer webhookd and is refused unchanged;
 /// a lower one is migrated on open ([`super::migrate`]).
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// Key in `meta`: the schema version.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
@@ -41,6 +41,11 @@ pub(crate) const LOG_BY_STATUS: TableDefinition<(u8, u64), ()> =
 /// (`processed_at`, log key): retention's index, oldest first.
 pub(crate) const LOG_BY_PROCESSED_AT: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("log_by_processed_at");
+/// Log key of a purged transaction → (end of its dedup window, digest of
+/// its fields, its id): what deduplicates it after the purge
+/// ([`super::tombstones`]). Its `id_hashes` row stays while this does.
+pub(crate) const ID_TOMBSTONES: TableDefinition<u64, (u64, [u8; 32], &str)> =
+    TableDefinition::new("id_tombstones");
 /// Name → number: the version, the watermarks, the id hash key.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

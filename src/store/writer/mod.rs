@@ -37,6 +37,7 @@ use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
 use id_merge::{IdMerge, IdStep};
+pub use ops::Purged;
 use ops::Tables;
 use recovery::{FailureMemory, Recovery};
 use rows_merge::RowsMerge;
@@ -129,8 +130,9 @@ enum Command {
     },
     Purge {
         processed_before_ms: u64,
+        dedup_window_ms: u64,
         limit: usize,
-        reply: oneshot::Sender<Result<u64, WriteError>>,
+        reply: oneshot::Sender<Result<Purged, WriteError>>,
     },
     /// Periodic nudge: merge while there is time.
     Tick,
@@ -174,18 +176,22 @@ impl WriterHandle {
     }
 
     /// Deletes up to `limit` PROCESSED transactions whose `processed_at` is
-    /// before `processed_before_ms`, oldest first, with their index rows, in
-    /// one command of one batch. Returns how many were deleted. Blocks the
-    /// calling (non-async) thread, waiting for queue space.
+    /// before `processed_before_ms`, oldest first, with their index rows,
+    /// each leaving a tombstone that deduplicates its id for
+    /// `dedup_window`; and deletes up to `limit` tombstones whose window
+    /// has ended. One command of one batch. Blocks the calling (non-async)
+    /// thread, waiting for queue space.
     pub fn purge_blocking(
         &self,
         processed_before_ms: u64,
+        dedup_window: Duration,
         limit: usize,
-    ) -> Result<u64, WriteError> {
+    ) -> Result<Purged, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .blocking_send(Command::Purge {
                 processed_before_ms,
+                dedup_window_ms: u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX),
                 limit,
                 reply,
             })
@@ -363,7 +369,7 @@ impl Applied {
 /// Per-command result of applying a batch, sent only after the commit.
 enum Outcome {
     Accept(Result<AcceptOutcome, WriteError>),
-    Purged(u64),
+    Purged(Purged),
     Done,
 }
 

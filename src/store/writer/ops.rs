@@ -10,10 +10,19 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::{AcceptOutcome, Applied, Command, Outcome, WriteError, Writer};
 use crate::model::{NewTransaction, Status};
 use crate::store::schema::{
-    HEALTH_PROBE_KEY, ID_HASHES, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT, LOG_BY_STATUS, META,
-    next_log_key, status_key,
+    HEALTH_PROBE_KEY, ID_HASHES, ID_TOMBSTONES, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
+    LOG_BY_STATUS, META, next_log_key, status_key,
 };
-use crate::store::{Job, encoding};
+use crate::store::{Job, encoding, tombstones};
+
+/// What one purge command deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Transactions (each leaving a tombstone).
+    pub transactions: u64,
+    /// Tombstones whose dedup window had ended.
+    pub tombstones: u64,
+}
 
 /// The tables one batch writes.
 pub(super) struct Tables<'txn> {
@@ -64,13 +73,29 @@ impl Writer {
             }
             Command::Purge {
                 processed_before_ms,
+                dedup_window_ms,
                 limit,
                 ..
             } => {
-                let deleted = self.purge(tables, *processed_before_ms, *limit)?;
-                applied.wrote_data |= deleted > 0;
-                applied.purged += deleted;
-                Ok(Outcome::Purged(deleted))
+                let purged = self.purge(
+                    tables,
+                    *processed_before_ms,
+                    now_ms.saturating_add(*dedup_window_ms),
+                    *limit,
+                )?;
+                let expired = tombstones::expire(
+                    &mut tables.txn.open_table(ID_TOMBSTONES)?,
+                    &mut tables.id_hashes,
+                    self.store.id_hasher(),
+                    now_ms,
+                    *limit,
+                )?;
+                applied.wrote_data |= purged > 0 || expired > 0;
+                applied.purged += purged;
+                Ok(Outcome::Purged(Purged {
+                    transactions: purged,
+                    tombstones: expired,
+                }))
             }
             Command::Probe { .. } => {
                 tables.set_meta(HEALTH_PROBE_KEY, now_ms)?;
@@ -91,7 +116,7 @@ impl Writer {
         applied: &mut Applied,
     ) -> Result<Outcome, redb::Error> {
         let id = transaction.transaction_id.as_str();
-        let lookup = self.store.look_up_id(id);
+        let mut lookup = self.store.look_up_id(id);
         let hash = lookup.hash();
         if let Some((key, stored)) = lookup.find(&tables.id_hashes, &tables.log)? {
             return Ok(Outcome::Accept(match stored {
@@ -109,6 +134,19 @@ impl Writer {
                     })
                 }
             }));
+        }
+        if !lookup.gone().is_empty() {
+            // Purged within its dedup window: known, as it was before.
+            let tombstones = tables.txn.open_table(ID_TOMBSTONES)?;
+            if let Some(digest) = tombstones::find(&tombstones, lookup.gone(), id, now_ms)? {
+                return Ok(Outcome::Accept(Ok(
+                    if digest == tombstones::fields_digest(transaction) {
+                        AcceptOutcome::Duplicate(Status::Processed)
+                    } else {
+                        AcceptOutcome::Conflict
+                    },
+                )));
+            }
         }
         let key = next_log_key(self.last_key, now_ms);
         self.last_key = key;
@@ -211,15 +249,17 @@ impl Writer {
     }
 
     /// Deletes up to `limit` transactions processed before `before_ms`,
-    /// oldest first, with their index rows. Only PROCESSED transactions
-    /// are in the retention index, so nothing pending is ever touched; one
-    /// whose id is not yet in `id_hashes` (after the id merge's watermark)
-    /// waits for a later sweep, so a merge never re-adds the id of a
-    /// purged record.
+    /// oldest first, with their listing and retention rows, and leaves a
+    /// tombstone of each until `dedup_until_ms`, with its `id_hashes` row.
+    /// Only PROCESSED transactions are in the retention index, so nothing
+    /// pending is ever touched; one whose id is not yet in `id_hashes`
+    /// (after the id merge's watermark) waits for a later sweep, so its
+    /// tombstone is always found through `id_hashes`.
     fn purge(
         &self,
         tables: &mut Tables<'_>,
         before_ms: u64,
+        dedup_until_ms: u64,
         limit: usize,
     ) -> Result<u64, redb::Error> {
         let ids_upto = self.id_merge.indexed_upto();
@@ -235,6 +275,7 @@ impl Writer {
             }
         }
         let mut deleted = 0;
+        let mut tombstones = tables.txn.open_table(ID_TOMBSTONES)?;
         for (processed_ms, log_key) in victims {
             tables.log_by_processed_at.remove((processed_ms, log_key))?;
             let record = match tables.log.get(log_key)? {
@@ -244,8 +285,9 @@ impl Writer {
             match record {
                 Ok(record) => {
                     tables.log.remove(log_key)?;
-                    let id = &record.transaction.transaction_id;
-                    tables.id_hashes.remove((self.store.id_hash(id), log_key))?;
+                    let digest = tombstones::fields_digest(&record.transaction);
+                    let id = record.transaction.transaction_id.as_str();
+                    tombstones.insert(log_key, (dedup_until_ms, digest, id))?;
                     tables
                         .log_by_status
                         .remove((status_key(record.status), log_key))?;
