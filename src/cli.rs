@@ -1,15 +1,17 @@
-//! The command line of CONTRACT §1 (clap, with an environment variable for
-//! every option) and logging set-up.
+//! The command line (clap, with an environment variable for every option)
+//! and logging set-up.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::store::writer::DEFAULT_QUEUE_DEPTH;
+/// Default capacity of the queue in front of the store writer (`--queue-depth`).
+pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
 
 /// Largest accepted `--queue-depth`; each slot holds one parsed webhook.
 pub const MAX_QUEUE_DEPTH: u64 = 1_000_000;
@@ -74,8 +76,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
 
     /// Delete PROCESSED transactions once their `processed_at` is older than
-    /// this (off when not set). A purged `transaction_id` is no longer
-    /// deduplicated: a redelivery after the purge is stored as new.
+    /// this (off when not set). A purged `transaction_id` stays
+    /// deduplicated for --dedup-window after its purge.
     #[arg(
         long,
         env = "WEBHOOKD_RETENTION",
@@ -83,6 +85,18 @@ pub struct Config {
         value_parser = parse_positive_duration
     )]
     pub retention: Option<Duration>,
+
+    /// With --retention: how long after its purge a `transaction_id` is still
+    /// deduplicated (a redelivery or replay is answered as a duplicate and
+    /// processed no more); after it, the id is new again.
+    #[arg(
+        long,
+        env = "WEBHOOKD_DEDUP_WINDOW",
+        default_value = "7days",
+        value_name = "DURATION",
+        value_parser = parse_positive_duration
+    )]
+    pub dedup_window: Duration,
 
     /// Most connections served at once; more clients wait in the listen backlog.
     #[arg(
@@ -277,9 +291,10 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-    let parsed = command()
-        .try_get_matches_from(&args)
-        .and_then(|matches| Config::from_arg_matches(&matches));
+    let parsed = command().try_get_matches_from(&args).and_then(|matches| {
+        check_needed_options(&matches)?;
+        Config::from_arg_matches(&matches)
+    });
     match parsed {
         Ok(config) => Parsed::Run(Box::new(config)),
         Err(e) => match e.kind() {
@@ -348,6 +363,23 @@ fn usage_line(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
         return line.to_owned();
     }
     line.replacen(&format!("'{invalid}'"), &format!("{variable} ({long})"), 1)
+}
+
+/// Refuses an option set without the one it works with (also through its
+/// environment variable): a half-configured feature must not start.
+fn check_needed_options(matches: &ArgMatches) -> Result<(), clap::Error> {
+    let given = |id: &str| {
+        matches
+            .value_source(id)
+            .is_some_and(|source| source != ValueSource::DefaultValue)
+    };
+    if given("dedup_window") && !given("retention") {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "--dedup-window is set without --retention: the window keeps the ids of transactions that retention purges; set both, or neither\n",
+        ));
+    }
+    Ok(())
 }
 
 /// Sends `tracing` events to stderr in the chosen format. Colours only when

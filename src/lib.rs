@@ -1,17 +1,24 @@
 //! webhookd: a durable payment-webhook receiver on one embedded redb file.
 //!
 //! - [`cli`]: command line, environment variables, logging set-up;
+//! - [`clock`]: the wall clock in milliseconds, the unit of every stored time;
 //! - [`admin`]: `inspect`, `export`, `check`, `backup` on a stopped daemon's data dir;
 //! - [`http`]: the hyper server, routing, body limits, the JSON API and its errors;
 //! - [`metrics`]: counters, histograms and gauges for `GET /metrics`;
 //! - [`model`]: the transaction record, payload parsing and validation, exact amounts;
-//! - [`store`]: redb tables, record encoding, schema version, and the single
-//!   group-committing writer ([`store::writer`]), the durable-write path;
-//! - [`scheduler`]: fires due jobs from the durable jobs table;
+//! - [`store`]: the redb file (tables, the log and its tail, merges,
+//!   migrations, recovery after storage faults; the design is in its doc)
+//!   and the single group-committing writer ([`store::writer`]), the
+//!   durable-write path;
+//! - [`scheduler`]: fires due jobs, in due order, from the store;
 //! - [`retention`]: `--retention`, deletes old PROCESSED transactions;
 //! - [`signature`]: optional webhook signature verification;
 //! - [`shutdown`]: SIGTERM/SIGINT handling;
 //! - [`view`]: how a transaction and a time are shown (API, `inspect`, `export`, logs).
+//!
+//! Each depends only on those below it: `http` on `store`, `metrics` and
+//! `model`; `store` on `metrics`, `model` and `clock`; `cli` and `model`
+//! on none of them.
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
 //! → drain requests → stop the scheduler → flush and stop the writer.
@@ -22,6 +29,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -38,8 +46,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::Config;
+use crate::retention::Retention;
 use crate::scheduler::Scheduler;
 use crate::shutdown::ShutdownSignals;
+use crate::store::writer::{self, WriterHandle, WriterThread};
 use crate::store::{FileOpener, OpenError, StorageOpener, Store};
 
 /// Why the daemon could not start or stopped with an error.
@@ -70,6 +80,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The store writer could not start.
+    #[error(transparent)]
+    Writer(#[from] writer::SpawnError),
     /// The store writer thread panicked; acknowledged data is still on disk.
     #[error("the store writer thread panicked")]
     WriterPanicked,
@@ -84,9 +97,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Signature(_) => cli::USAGE_EXIT_CODE,
-            Error::Open(_) | Error::Listen { .. } | Error::Start { .. } | Error::WriterPanicked => {
-                cli::FAILURE_EXIT_CODE
-            }
+            Error::Open(_)
+            | Error::Listen { .. }
+            | Error::Start { .. }
+            | Error::Writer(_)
+            | Error::WriterPanicked => cli::FAILURE_EXIT_CODE,
         }
     }
 }
@@ -195,26 +210,15 @@ pub fn run_with(
     })?;
 
     let metrics = Arc::new(metrics::Metrics::new());
-    let (waker, nudged) = scheduler::waker();
-    let (writer, writer_thread) = store::writer::spawn(
-        store.clone(),
-        config.process_delay,
-        usize::try_from(config.queue_depth).unwrap_or(usize::MAX),
-        Arc::clone(&metrics),
-        {
-            let waker = waker.clone();
-            move |due| waker.new_job_due(due)
-        },
-    )
-    .map_err(start_error("store writer"))?;
-    let scheduler = Scheduler::start(store.clone(), writer.clone(), waker, nudged)
-        .map_err(start_error("scheduler"))?;
-    let retention = config
-        .retention
-        .map(|age| retention::Retention::start(writer.clone(), age))
-        .transpose()
-        .map_err(start_error("retention"))?;
-    let (signals, shutdown) = shutdown_trigger(options.shutdown)?;
+    let parts = Parts::start(config, &store, &metrics)?;
+    let (signals, shutdown) = match shutdown_trigger(options.shutdown) {
+        Ok(trigger) => trigger,
+        Err(e) => {
+            // The start-up error is the one reported.
+            let _ = parts.stop();
+            return Err(e);
+        }
+    };
 
     let pending_jobs = store.pending_jobs().unwrap_or_default();
     warn_if_open_to_others(config.listen, verifier.is_some());
@@ -230,6 +234,7 @@ pub fn run_with(
         retention = %config
             .retention
             .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
+        dedup_window = %humantime::format_duration(config.dedup_window),
         pending_jobs,
         "{}",
         http::ready_line(addr)
@@ -244,7 +249,7 @@ pub fn run_with(
     };
     let state = Arc::new(http::AppState::new(
         store,
-        writer,
+        parts.writer.clone(),
         limits,
         verifier,
         config.access_log,
@@ -260,16 +265,86 @@ pub fn run_with(
     // Every connection has ended, so the scheduler and retention hold the
     // last writer handles; once they stop, the writer drains its queue and
     // exits.
-    scheduler.stop();
-    if let Some(retention) = retention {
-        retention.stop();
-    }
-    let writer_result = writer_thread.join();
+    let stopped = parts.stop();
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     if let Some(signals) = signals {
         signals.close();
     }
-    writer_result.map_err(|_| Error::WriterPanicked)?;
+    stopped?;
     tracing::info!("stopped; every acknowledged transaction is on disk");
     Ok(())
+}
+
+/// The threads behind the server: the writer, and those that send it work.
+struct Parts {
+    writer: WriterHandle,
+    writer_thread: WriterThread,
+    scheduler: Scheduler,
+    retention: Option<Retention>,
+}
+
+impl Parts {
+    /// Starts the writer, the scheduler and (with `--retention`) retention.
+    /// If one cannot start, those already started are stopped in order.
+    fn start(
+        config: &Config,
+        store: &Store,
+        metrics: &Arc<metrics::Metrics>,
+    ) -> Result<Parts, Error> {
+        let (waker, nudged) = scheduler::waker();
+        let (writer, writer_thread) = writer::spawn(
+            store.clone(),
+            config.process_delay,
+            usize::try_from(config.queue_depth).unwrap_or(usize::MAX),
+            Arc::clone(metrics),
+            {
+                let waker = waker.clone();
+                move |due| waker.new_job_due(due)
+            },
+        )?;
+        let scheduler = match Scheduler::start(store.clone(), writer.clone(), waker, nudged) {
+            Ok(scheduler) => scheduler,
+            Err(source) => {
+                drop(writer);
+                let _ = writer_thread.join();
+                return Err(Error::Start {
+                    what: "scheduler",
+                    source,
+                });
+            }
+        };
+        let retention = match config
+            .retention
+            .map(|age| Retention::start(writer.clone(), age, config.dedup_window))
+            .transpose()
+        {
+            Ok(retention) => retention,
+            Err(source) => {
+                drop(writer);
+                scheduler.stop();
+                let _ = writer_thread.join();
+                return Err(Error::Start {
+                    what: "retention",
+                    source,
+                });
+            }
+        };
+        Ok(Parts {
+            writer,
+            writer_thread,
+            scheduler,
+            retention,
+        })
+    }
+
+    /// Stops the threads that hold writer handles, then waits for the
+    /// writer to drain its queue and exit.
+    fn stop(self) -> Result<(), Error> {
+        drop(self.writer);
+        self.scheduler.stop();
+        if let Some(retention) = self.retention {
+            retention.stop();
+        }
+        self.writer_thread.join().map_err(|_| Error::WriterPanicked)
+    }
 }

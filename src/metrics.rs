@@ -5,8 +5,8 @@
 //! `promtool check metrics` read.
 //!
 //! Counters and histograms are updated where things happen (the request
-//! handler, the store writer); the job gauges are read from the durable
-//! jobs table at scrape time, so they are never out of step with the disk.
+//! handler, the store writer); the job gauges are set at scrape time from
+//! what the store reads then (its jobs table and the log's tail).
 //! Every label has a small fixed set of values: routes are path templates,
 //! never raw paths, so a client cannot create series at will.
 
@@ -22,7 +22,16 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::store::JobStats;
+/// Pending-job figures for the job gauges, read at scrape time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobStats {
+    /// Jobs not yet completed.
+    pub pending: u64,
+    /// Jobs already due but not yet completed (counted up to a cap).
+    pub due: u64,
+    /// Due time of the earliest pending job.
+    pub earliest_due_ms: Option<u64>,
+}
 
 /// A format `GET /metrics` answers in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +332,17 @@ impl Metrics {
         self.webhooks
             .get_or_create(&OutcomeLabels { outcome: name })
             .inc();
+    }
+
+    /// Counts webhooks stored as new by one commit. Counted at the commit,
+    /// not on the way out of the response: a webhook stays accepted if its
+    /// client is gone before the answer.
+    pub fn accepted(&self, count: u64) {
+        self.webhooks
+            .get_or_create(&OutcomeLabels {
+                outcome: "accepted",
+            })
+            .inc_by(count);
     }
 
     /// Records one durable commit: how many commands it carried, how long it took.

@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// Longest accepted string field, in bytes of UTF-8 (CONTRACT §2).
+/// Longest accepted string field, in bytes of UTF-8.
 pub const MAX_FIELD_BYTES: usize = 255;
 
 /// Largest scale `Decimal` can carry: digits after the decimal point.

@@ -1,9 +1,11 @@
 //! `--retention`: deletes PROCESSED transactions whose `processed_at` is
-//! older than the configured age.
+//! older than the configured age, each leaving a tombstone that keeps its
+//! id deduplicated for `--dedup-window` ([`crate::store::tombstones`]).
 //!
 //! A thread asks the writer to purge at most [`PURGE_BATCH`] of the oldest
 //! expired transactions at a time, found through the
-//! `log_by_processed_at` index (never a scan of the table). Each
+//! `log_by_processed_at` index (never a scan of the table), and to delete
+//! at most as many tombstones whose window has ended. Each
 //! purge is one command among the webhooks of one writer batch, so it adds
 //! a bounded amount of work to one commit and never holds ingest back for
 //! longer than that; the thread sends the next one only after the previous
@@ -14,9 +16,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::store::writer::{WriteError, WriterHandle, now_ms};
+use crate::clock::now_ms;
+use crate::store::writer::{WriteError, WriterHandle};
 
-/// Most transactions deleted by one writer command.
+/// Most transactions, and most tombstones, deleted by one writer command.
 pub const PURGE_BATCH: usize = 500;
 
 /// Pause between sweeps once nothing expired is left (and after an error).
@@ -29,16 +32,21 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// Starts purging transactions processed more than `age` ago.
+    /// Starts purging transactions processed more than `age` ago, keeping
+    /// each purged id deduplicated for `dedup_window` after its purge.
     ///
     /// # Errors
     /// The thread cannot be started.
-    pub fn start(writer: WriterHandle, age: Duration) -> std::io::Result<Retention> {
+    pub fn start(
+        writer: WriterHandle,
+        age: Duration,
+        dedup_window: Duration,
+    ) -> std::io::Result<Retention> {
         let (stop, stopped) = mpsc::channel();
         let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
         let thread = std::thread::Builder::new()
             .name("retention".to_owned())
-            .spawn(move || run(&writer, age_ms, &stopped))?;
+            .spawn(move || run(&writer, age_ms, dedup_window, &stopped))?;
         Ok(Retention { stop, thread })
     }
 
@@ -51,14 +59,16 @@ impl Retention {
     }
 }
 
-fn run(writer: &WriterHandle, age_ms: u64, stopped: &mpsc::Receiver<()>) {
-    let mut swept = 0_u64;
+fn run(writer: &WriterHandle, age_ms: u64, dedup_window: Duration, stopped: &mpsc::Receiver<()>) {
+    let (mut swept, mut expired) = (0_u64, 0_u64);
     loop {
         let cutoff = now_ms().saturating_sub(age_ms);
-        let pause = match writer.purge_blocking(cutoff, PURGE_BATCH) {
-            Ok(deleted) => {
-                swept += deleted;
-                if deleted >= PURGE_BATCH as u64 {
+        let pause = match writer.purge_blocking(cutoff, dedup_window, PURGE_BATCH) {
+            Ok(purged) => {
+                swept += purged.transactions;
+                expired += purged.tombstones;
+                let limit = PURGE_BATCH as u64;
+                if purged.transactions >= limit || purged.tombstones >= limit {
                     // More may have expired: go on, after a check for stop.
                     Duration::ZERO
                 } else {
@@ -69,7 +79,13 @@ fn run(writer: &WriterHandle, age_ms: u64, stopped: &mpsc::Receiver<()>) {
                             crate::view::format_time(cutoff)
                         );
                     }
-                    swept = 0;
+                    if expired > 0 {
+                        tracing::info!(
+                            tombstones = expired,
+                            "retention: deleted the tombstones of purged ids whose dedup window ended"
+                        );
+                    }
+                    (swept, expired) = (0, 0);
                     SWEEP_INTERVAL
                 }
             }

@@ -1,14 +1,15 @@
-//! Fires due jobs: reads the durable jobs table in due order and sends the
-//! due ones to the writer to complete.
+//! Fires due jobs: reads pending jobs in due order and sends the due ones
+//! to the writer to complete.
 //!
-//! The index of pending jobs is the `jobs` table itself, keyed
-//! `(due_ms, transaction_id)`. That is at least as good as an in-memory
-//! timer wheel here: finding the next due job is one B-tree lookup
-//! (O(log n)), it costs no memory per pending job, there is nothing to
-//! rebuild at start-up (the first scan simply finds the overdue jobs), and
-//! it cannot disagree with what is on disk. The thread sleeps until the
-//! head of the table falls due, or until the writer reports a new job due
-//! earlier than that.
+//! The timer index is the store's: the `jobs_by_due` table, keyed
+//! `(due_ms, log key)`, plus the jobs of the log's tail not yet written
+//! there, which the store keeps in due order too (a few thousand, bounded
+//! by the rows merge, and rebuilt from the log at start-up). So the next
+//! due job is one B-tree lookup and the first of an ordered set; the
+//! scheduler itself holds nothing per job, and the server answers at once
+//! after a start while the first round finds the overdue jobs. The thread
+//! sleeps until the earliest job falls due, or until the writer reports a
+//! new job due earlier than that.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +17,8 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::store::writer::{WriterHandle, now_ms};
+use crate::clock::now_ms;
+use crate::store::writer::WriterHandle;
 use crate::store::{Store, StoreError};
 
 /// Most jobs completed in one writer command; bounds the memory of one

@@ -1,6 +1,7 @@
 //! `--retention`: PROCESSED transactions older than the retention age are
 //! deleted (with their listing rows), pending ones never are, a purged id
-//! is no longer deduplicated, and the database stays consistent.
+//! is no longer deduplicated once its dedup window has passed, and the
+//! database stays consistent.
 
 mod common;
 
@@ -14,7 +15,17 @@ use common::{
 #[test]
 fn processed_transactions_are_purged_after_the_retention_age_and_can_then_be_stored_again() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path(), &["--process-delay", "0s", "--retention", "1s"]);
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--process-delay",
+            "0s",
+            "--retention",
+            "1s",
+            "--dedup-window",
+            "1s",
+        ],
+    );
     let addr = daemon.addr;
     for id in ["old-a", "old-b"] {
         assert_eq!(post(addr, &payload(id, "5")).status, 202);
@@ -32,9 +43,13 @@ fn processed_transactions_are_purged_after_the_retention_age_and_can_then_be_sto
         "{metrics}"
     );
 
-    // A purged id is no longer deduplicated: the redelivery is new.
-    let again = post(addr, &payload("old-a", "5"));
-    assert_eq!(again.status, 202);
+    // Once its dedup window has passed, a purged id is no longer
+    // deduplicated: the redelivery is new (before, it is a duplicate).
+    let again = poll_until(DEADLINE, "the dedup window to pass", || {
+        let again = post(addr, &payload("old-a", "5"));
+        assert_eq!(again.status, 202);
+        (again.json()["duplicate"] == false).then_some(again)
+    });
     assert_eq!(again.json()["duplicate"], false);
 
     daemon.terminate();

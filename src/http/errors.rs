@@ -100,7 +100,9 @@ impl From<&WriteError> for ApiError {
         let reason = match e {
             WriteError::QueueFull => OVERLOADED,
             WriteError::Closed => SHUTTING_DOWN,
-            WriteError::Storage(_) | WriteError::Corrupt(_) => STORAGE_FAILING,
+            WriteError::Storage(_) | WriteError::NotReopened(_) | WriteError::Corrupt { .. } => {
+                STORAGE_FAILING
+            }
         };
         ApiError::Unavailable {
             reason,
@@ -268,9 +270,11 @@ mod tests {
 
     #[test]
     fn a_503_names_a_stable_reason_and_keeps_the_detail_for_the_log() {
-        let error = ApiError::from(&WriteError::Storage(
-            "I/O error at /var/lib/webhookd/webhookd.redb: No space left".to_owned(),
-        ));
+        let error = ApiError::from(&WriteError::Storage(std::sync::Arc::new(
+            crate::store::StoreError::Storage(redb::Error::Io(std::io::Error::other(
+                "I/O error at /var/lib/webhookd/webhookd.redb: No space left",
+            ))),
+        )));
         let response = error.response();
         let rejection = response.extensions().get::<Rejection>().unwrap();
         assert_eq!(

@@ -18,7 +18,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::errors::{SHUTTING_DOWN, STORAGE_FAILING, json, with_retry_after};
-use crate::store::writer::{WriteError, WriterHandle, now_ms};
+use crate::clock::now_ms;
+use crate::store::writer::{WriteError, WriterHandle};
 use crate::view::format_time;
 
 /// How long `GET /` waits for its write probe before calling storage unhealthy.

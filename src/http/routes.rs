@@ -19,9 +19,10 @@ use serde::Serialize;
 use super::body::{self, BodyError};
 use super::errors::{AboutTransaction, ApiError, Rejection, close_connection, json, json_bytes};
 use super::{AppState, health, listing, untrusted};
+use crate::clock::now_ms;
 use crate::metrics::{Format, Route, WebhookOutcome};
 use crate::model;
-use crate::store::writer::{AcceptOutcome, now_ms};
+use crate::store::writer::AcceptOutcome;
 use crate::view::transaction_json;
 
 const WEBHOOKS_PATH: &str = "/v1/webhooks/transactions";

@@ -12,27 +12,42 @@
 //! database is created and kept in `meta`: stable for the file's life, and
 //! unknown outside it, so nobody sending webhooks can pick ids that pile
 //! up under one hash.
+//!
+//! `IdLookup` is the one lookup by id, used by reads and by the writer.
 
 use std::collections::BTreeSet;
 use std::hash::Hasher;
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableTable};
 use siphasher::sip::SipHasher13;
 
 use super::encoding::{self, DecodeError};
-use super::{META, read_meta};
+use super::schema::{ID_HASH_KEY_NAMES, META, read_meta};
+use super::tail::LogTail;
 use crate::model::Record;
 
-/// `meta` keys of the two halves of the hash key.
-const KEY_NAMES: [&str; 2] = ["id_hash_key_0", "id_hash_key_1"];
-
+/// The file's keyed hash of transaction ids.
 #[derive(Clone, Copy)]
 pub(crate) struct IdHasher {
     k0: u64,
     k1: u64,
 }
 
+/// Why the file's hash key could not be read or made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HashKeyError {
+    #[error(transparent)]
+    Storage(#[from] redb::Error),
+    #[error("the OS gave no randomness for the id hash key: {0}")]
+    Randomness(#[source] getrandom::Error),
+}
+
 impl IdHasher {
+    #[cfg(test)]
+    pub(crate) fn for_tests(k0: u64, k1: u64) -> IdHasher {
+        IdHasher { k0, k1 }
+    }
+
     pub(crate) fn hash(&self, id: &str) -> u64 {
         let mut hasher = SipHasher13::new_with_keys(self.k0, self.k1);
         hasher.write(id.as_bytes());
@@ -41,36 +56,27 @@ impl IdHasher {
 
     /// The file's hash key; a file without one (new, or from a schema
     /// before 4) gets a fresh one in a commit of its own first.
-    pub(crate) fn of(db: &Database) -> Result<IdHasher, redb::Error> {
-        if let Some(hasher) = IdHasher::read(db)? {
-            return Ok(hasher);
-        }
-        let txn = db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            for name in KEY_NAMES {
-                let half = getrandom::u64().map_err(|e| {
-                    redb::Error::Io(std::io::Error::other(format!(
-                        "no randomness from the OS for the id hash key: {e}"
-                    )))
-                })?;
-                meta.insert(name, half)?;
+    pub(crate) fn of(db: &Database) -> Result<IdHasher, HashKeyError> {
+        let (Some(k0), Some(k1)) = (
+            read_meta(db, ID_HASH_KEY_NAMES[0])?,
+            read_meta(db, ID_HASH_KEY_NAMES[1])?,
+        ) else {
+            let hasher = IdHasher {
+                k0: getrandom::u64().map_err(HashKeyError::Randomness)?,
+                k1: getrandom::u64().map_err(HashKeyError::Randomness)?,
+            };
+            let txn = db.begin_write().map_err(redb::Error::from)?;
+            {
+                let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+                meta.insert(ID_HASH_KEY_NAMES[0], hasher.k0)
+                    .map_err(redb::Error::from)?;
+                meta.insert(ID_HASH_KEY_NAMES[1], hasher.k1)
+                    .map_err(redb::Error::from)?;
             }
-        }
-        txn.commit()?;
-        IdHasher::read(db)?.ok_or_else(|| {
-            redb::Error::Io(std::io::Error::other(
-                "the id hash key just written is not in meta",
-            ))
-        })
-    }
-
-    fn read(db: &impl ReadableDatabase) -> Result<Option<IdHasher>, redb::Error> {
-        let (Some(k0), Some(k1)) = (read_meta(db, KEY_NAMES[0])?, read_meta(db, KEY_NAMES[1])?)
-        else {
-            return Ok(None);
+            txn.commit().map_err(redb::Error::from)?;
+            return Ok(hasher);
         };
-        Ok(Some(IdHasher { k0, k1 }))
+        Ok(IdHasher { k0, k1 })
     }
 }
 
@@ -79,30 +85,77 @@ pub(crate) fn filed_under(set: &BTreeSet<(u64, u64)>, hash: u64) -> impl Iterato
     set.range((hash, 0)..=(hash, u64::MAX)).map(|&(_, key)| key)
 }
 
-/// The log keys filed under `hash` in the `id_hashes` table.
-pub(crate) fn filed_in_table(
-    table: &impl ReadableTable<(u64, u64), ()>,
-    hash: u64,
-) -> Result<Vec<u64>, redb::StorageError> {
-    table
-        .range((hash, 0)..=(hash, u64::MAX))?
-        .map(|row| row.map(|(key, _)| key.value().1))
-        .collect()
-}
-
 /// A log key and its record, decoded (or why not).
 pub(crate) type Found = (u64, Result<Record, DecodeError>);
+
+/// Looking up one transaction id: the lookup that reads and the writer
+/// share. [`IdLookup::new`] takes the log's tail's candidates; the caller
+/// then opens its snapshot or write transaction and calls
+/// [`IdLookup::find`] on it. In that order, an id that leaves the tail in
+/// between is in the `id_hashes` that `find` reads.
+pub(crate) struct IdLookup<'a> {
+    id: &'a str,
+    hash: u64,
+    candidates: Vec<u64>,
+    /// Candidates [`IdLookup::find`] met without a record (purged ones, whose
+    /// tombstones say whose they were).
+    gone: Vec<u64>,
+}
+
+impl<'a> IdLookup<'a> {
+    pub(crate) fn new(id: &'a str, hasher: &IdHasher, tail: &LogTail) -> IdLookup<'a> {
+        let hash = hasher.hash(id);
+        IdLookup {
+            id,
+            hash,
+            candidates: tail.id_candidates(hash),
+            gone: Vec::new(),
+        }
+    }
+
+    /// The hash `id_hashes` files the id under.
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The id's log entry, if any: the first candidate (from the tail,
+    /// then from `id_hashes`) whose record is this id's. A record whose id
+    /// cannot be read counts as a match: damage is reported, never skipped.
+    pub(crate) fn find(
+        &mut self,
+        id_hashes: &impl ReadableTable<(u64, u64), ()>,
+        log: &impl ReadableTable<u64, &'static [u8]>,
+    ) -> Result<Option<Found>, redb::StorageError> {
+        for row in id_hashes.range((self.hash, 0)..=(self.hash, u64::MAX))? {
+            self.candidates.push(row?.0.value().1);
+        }
+        find_in_log(
+            log,
+            self.candidates.iter().copied(),
+            self.id,
+            &mut self.gone,
+        )
+    }
+
+    /// The candidates [`IdLookup::find`] met that have no record.
+    pub(crate) fn gone(&self) -> &[u64] {
+        &self.gone
+    }
+}
 
 /// The first of `candidates` whose log record is `id`'s, with its log key
 /// and the record decoded. A record whose id cannot be read counts as a
 /// match: damage is reported, never skipped over.
-pub(crate) fn find_in_log(
+/// Candidates without a record go to `gone`.
+fn find_in_log(
     log: &impl ReadableTable<u64, &'static [u8]>,
     candidates: impl IntoIterator<Item = u64>,
     id: &str,
+    gone: &mut Vec<u64>,
 ) -> Result<Option<Found>, redb::StorageError> {
     for key in candidates {
         let Some(stored) = log.get(key)? else {
+            gone.push(key);
             continue;
         };
         let bytes = stored.value();
@@ -174,7 +227,7 @@ mod tests {
             log.insert(3, [0xff_u8].as_slice()).unwrap();
             // Two ids filed under one hash: each finds its own record.
             let found = |candidates: &[u64], id| {
-                find_in_log(&log, candidates.iter().copied(), id)
+                find_in_log(&log, candidates.iter().copied(), id, &mut Vec::new())
                     .unwrap()
                     .map(|(key, record)| (key, record.map(|r| r.transaction.transaction_id).ok()))
             };

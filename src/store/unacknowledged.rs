@@ -4,12 +4,12 @@
 //! (into the OS page cache at least), so reopening the file can show it as
 //! committed although every caller was told "not stored". The writer
 //! records here the log entries such a commit created, before it answers.
-//! They are never findable by id (the writer drops them from the map of
-//! unindexed ids, and only committed entries are merged into `id_hashes`), the
+//! They are never findable by id (the writer drops their ids from the log's
+//! tail, and only committed entries are merged into `id_hashes`), the
 //! listing skips them, and after the next successful reopen the writer
 //! deletes whatever of them the file shows, in one durable commit, before
-//! anything else is written ([`writer`](super::writer)). So the database
-//! ends up agreeing with the 503s, also after a restart.
+//! anything else is written ([`recovery`](super::writer::recovery)). So
+//! the database ends up agreeing with the 503s, also after a restart.
 //!
 //! Bounded: the writer applies no batch while entries are pending (it
 //! takes them back first), so they come from one failed batch at most.

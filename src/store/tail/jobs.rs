@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::Job;
+use crate::store::Job;
 
 #[derive(Default)]
 pub(crate) struct TailJobs {
@@ -65,9 +65,11 @@ impl TailJobs {
             .collect()
     }
 
-    /// The earliest due time.
-    pub(crate) fn earliest_due(&self) -> Option<u64> {
-        self.by_due.first().map(|&(due_ms, _)| due_ms)
+    /// The job that falls due first.
+    pub(crate) fn earliest(&self) -> Option<Job> {
+        self.by_due
+            .first()
+            .map(|&(due_ms, log_key)| Job { due_ms, log_key })
     }
 
     /// Every job, in log-key order.
@@ -105,7 +107,7 @@ mod tests {
         assert_eq!(keys(&tail.due(300, 10)), [2, 4, 3]);
         assert_eq!(keys(&tail.due(300, 2)), [2, 4]);
         assert_eq!(keys(&tail.due(99, 10)), Vec::<u64>::new());
-        assert_eq!(tail.earliest_due(), Some(100));
+        assert_eq!(tail.earliest().map(|job| job.due_ms), Some(100));
     }
 
     #[test]
@@ -121,7 +123,7 @@ mod tests {
         // Dropping most of the tail takes the rebuilding path.
         tail.drop_through(8);
         assert_eq!(keys(&tail.all()), [9]);
-        assert_eq!(tail.earliest_due(), Some(991));
+        assert_eq!(tail.earliest().map(|job| job.due_ms), Some(991));
         // Re-inserting a key moves it in the due order.
         tail.insert(9, 5);
         assert_eq!(

@@ -1,0 +1,154 @@
+//! Opening the file: the schema check, migrations, tables, the log's tail.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use super::backend::{self, Access, StorageOpener};
+use super::ids::{HashKeyError, IdHasher};
+use super::migrate::{self, MigrationError};
+use super::reopen::{OpenDatabase, open_writable};
+use super::schema::{
+    ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
+    LOG_BY_STATUS, META, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY, read_meta,
+};
+use super::tail::LogTail;
+use super::unacknowledged::Unacknowledged;
+use super::{DB_FILE_NAME, FileOpener, OpenError, Shared, Store};
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir`, checks its
+    /// schema version, migrates an older file and creates missing tables.
+    ///
+    /// A file written by a newer webhookd is refused before anything is
+    /// written to it: the version is first read through a read-only open.
+    pub fn open(data_dir: &Path) -> Result<Store, OpenError> {
+        Store::open_with(data_dir, &FileOpener)
+    }
+
+    /// [`Store::open`] on storage that `opener` opens: the read-only schema
+    /// check, then one read-write storage kept for the store's lifetime
+    /// (every reopen after a storage error uses it again).
+    pub fn open_with(data_dir: &Path, opener: &dyn StorageOpener) -> Result<Store, OpenError> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        // Created for its owner only, whatever the umask; an existing
+        // directory keeps the mode it has.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|source| OpenError::DataDir {
+                path: data_dir.to_owned(),
+                source,
+            })?;
+        let path = data_dir.join(DB_FILE_NAME);
+        let database_error = |source: redb::Error| match source {
+            redb::Error::DatabaseAlreadyOpen => OpenError::InUse {
+                path: data_dir.to_owned(),
+            },
+            source => OpenError::Database {
+                path: path.clone(),
+                source,
+            },
+        };
+
+        // An empty file is what a crash during the very first start leaves
+        // behind; like a missing one, it becomes a new database.
+        let existing = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        if existing {
+            let checked = opener
+                .open(&path, Access::ReadOnly)
+                .map_err(redb::DatabaseError::from)
+                .and_then(|storage| {
+                    let storage = backend::SharedStorage::new(storage);
+                    redb::Builder::new().open_read_only_with_backend(backend::Lease::new(&storage))
+                });
+            match checked {
+                Ok(db) => {
+                    let found = read_meta(&db, SCHEMA_VERSION_KEY).map_err(&database_error)?;
+                    check_schema_version(&path, found)?;
+                }
+                // A file left by a crash needs repair, which a read-only open
+                // refuses; the writable open below repairs it, and the
+                // version is checked again before anything else is written.
+                Err(redb::DatabaseError::RepairAborted) => {}
+                Err(e) => return Err(database_error(e.into())),
+            }
+        }
+
+        let storage = opener
+            .open(&path, Access::ReadWrite)
+            .map_err(|e| database_error(e.into()))?;
+        let storage = backend::SharedStorage::new(storage);
+        let db = open_writable(&storage).map_err(&database_error)?;
+        let found = read_meta(&db, SCHEMA_VERSION_KEY).map_err(&database_error)?;
+        check_schema_version(&path, found)?;
+        let id_hasher = IdHasher::of(&db).map_err(|e| match e {
+            HashKeyError::Storage(e) => database_error(e),
+            HashKeyError::Randomness(source) => OpenError::NoRandomness {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        migrate::to_current(&db, found, &id_hasher).map_err(|e| match e {
+            MigrationError::Storage(e) => database_error(e),
+            MigrationError::Record { id, source } => OpenError::Migration {
+                path: path.clone(),
+                id,
+                source,
+            },
+        })?;
+        initialise(&db).map_err(&database_error)?;
+        let tail = db
+            .begin_read()
+            .map_err(redb::Error::from)
+            .and_then(|txn| LogTail::load(&txn, &id_hasher))
+            .map_err(&database_error)?;
+        Ok(Store {
+            shared: Arc::new(Shared {
+                db: OpenDatabase::new(storage, db),
+                unacknowledged: Unacknowledged::default(),
+                tail,
+                id_hasher,
+            }),
+        })
+    }
+}
+
+fn check_schema_version(path: &Path, found: Option<u64>) -> Result<(), OpenError> {
+    match found {
+        Some(found) if found > SCHEMA_VERSION => Err(OpenError::NewerSchema {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Creates the tables and records the schema version in a new file; a file
+/// at the current version is left as it is.
+fn initialise(db: &Database) -> Result<(), redb::Error> {
+    if read_meta(db, SCHEMA_VERSION_KEY)? == Some(SCHEMA_VERSION) {
+        return Ok(());
+    }
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(LOG)?;
+        txn.open_table(ID_HASHES)?;
+        txn.open_table(JOBS_BY_DUE)?;
+        txn.open_table(LOG_BY_STATUS)?;
+        txn.open_table(LOG_BY_PROCESSED_AT)?;
+        txn.open_table(ID_TOMBSTONES)?;
+        let mut meta = txn.open_table(META)?;
+        meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+        for watermark in [IDS_INDEXED_UPTO_KEY, ROWS_INDEXED_UPTO_KEY] {
+            if meta.get(watermark)?.is_none() {
+                meta.insert(watermark, 0)?;
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
