@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 
 use super::backend::{self, Access, StorageOpener};
 use super::ids::{HashKeyError, IdHasher};
@@ -54,32 +54,46 @@ impl Store {
         };
 
         // An empty file is what a crash during the very first start leaves
-        // behind; like a missing one, it becomes a new database.
+        // behind; like a missing one, it becomes a new database. So does a
+        // file that holds nothing past its header page, which a power cut
+        // while redb creates the file can leave ([`holds_no_database`]).
         let existing = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+        let mut start_afresh = false;
         if existing {
-            let checked = opener
+            let read_only = opener
                 .open(&path, Access::ReadOnly)
-                .map_err(redb::DatabaseError::from)
-                .and_then(|storage| {
-                    let storage = backend::SharedStorage::new(storage);
-                    redb::Builder::new().open_read_only_with_backend(backend::Lease::new(&storage))
-                });
-            match checked {
-                Ok(db) => {
-                    let found = read_meta(&db, SCHEMA_VERSION_KEY).map_err(&database_error)?;
-                    check_schema_version(&path, found)?;
+                .map_err(|e| database_error(e.into()))?;
+            start_afresh = holds_no_database(&*read_only).map_err(|e| database_error(e.into()))?;
+            if !start_afresh {
+                let storage = backend::SharedStorage::new(read_only);
+                match redb::Builder::new()
+                    .open_read_only_with_backend(backend::Lease::new(&storage))
+                {
+                    Ok(db) => {
+                        let found = read_meta(&db, SCHEMA_VERSION_KEY).map_err(&database_error)?;
+                        check_schema_version(&path, found)?;
+                    }
+                    // A file left by a crash needs repair, which a read-only
+                    // open refuses; the writable open below repairs it, and
+                    // the version is checked again before anything else is
+                    // written.
+                    Err(redb::DatabaseError::RepairAborted) => {}
+                    Err(e) => return Err(database_error(e.into())),
                 }
-                // A file left by a crash needs repair, which a read-only open
-                // refuses; the writable open below repairs it, and the
-                // version is checked again before anything else is written.
-                Err(redb::DatabaseError::RepairAborted) => {}
-                Err(e) => return Err(database_error(e.into())),
             }
         }
 
         let storage = opener
             .open(&path, Access::ReadWrite)
             .map_err(|e| database_error(e.into()))?;
+        // Looked at again through the storage redb will lock and write.
+        if start_afresh && holds_no_database(&*storage).map_err(|e| database_error(e.into()))? {
+            tracing::warn!(
+                path = %path.display(),
+                "the database file holds no data past its header page, as a power cut while it was being created leaves it; starting a new database in it"
+            );
+            storage.set_len(0).map_err(|e| database_error(e.into()))?;
+        }
         let storage = backend::SharedStorage::new(storage);
         let db = open_writable(&storage).map_err(&database_error)?;
         let found = read_meta(&db, SCHEMA_VERSION_KEY).map_err(&database_error)?;
@@ -114,6 +128,33 @@ impl Store {
             }),
         })
     }
+}
+
+/// redb's page size. Its header (magic number, commit slots) fills the
+/// first page; every page a commit writes lies past it.
+const HEADER_PAGE: u64 = 4096;
+
+/// Whether a non-empty file holds no database: nothing but zeros past its
+/// first page. A power cut while redb creates the file can leave that: redb
+/// sets the length, then writes its header, and its magic number only once
+/// the rest of the header is on disk, so the file may be all zeros, or a
+/// header redb refuses as "not a database" (or stale bytes in that page, on
+/// a file system that exposes them after a crash). No transaction can be in
+/// such a file, so it becomes a new database; any other file is left as it
+/// is for redb to open or refuse.
+fn holds_no_database(storage: &dyn StorageBackend) -> std::io::Result<bool> {
+    let len = storage.len()?;
+    let mut buf = vec![0; 64 * 1024];
+    let mut at = HEADER_PAGE.min(len);
+    while at < len {
+        let n = usize::try_from(len - at).map_or(buf.len(), |rest| rest.min(buf.len()));
+        storage.read(at, &mut buf[..n])?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 fn check_schema_version(path: &Path, found: Option<u64>) -> Result<(), OpenError> {
@@ -151,4 +192,47 @@ fn initialise(db: &Database) -> Result<(), redb::Error> {
     }
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// redb's length for a new file, as a power cut during its creation
+    /// may leave it.
+    const NEW_FILE_LEN: usize = 73_728;
+
+    #[test]
+    fn a_file_with_nothing_past_its_header_page_becomes_a_new_database() {
+        // All zeros (the length landed, the header not), or a first page
+        // redb refuses (a header without its magic number, stale bytes).
+        let refused_header: Vec<u8> = (0..HEADER_PAGE).map(|i| (i % 251) as u8).collect();
+        for first_page in [vec![0; HEADER_PAGE as usize], refused_header] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut bytes = first_page;
+            bytes.resize(NEW_FILE_LEN, 0);
+            std::fs::write(dir.path().join(DB_FILE_NAME), &bytes).unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let report = store.check().unwrap();
+            assert!(report.problems.is_empty(), "{report:?}");
+            assert_eq!(report.transactions, 0);
+            drop(store);
+            // A database now, with its id hash key: it opens as one.
+            Store::open(dir.path()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_file_with_data_past_its_header_page_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = vec![0; NEW_FILE_LEN];
+        bytes[HEADER_PAGE as usize + 100] = 1;
+        let file = dir.path().join(DB_FILE_NAME);
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(OpenError::Database { .. })
+        ));
+        assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    }
 }
