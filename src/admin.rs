@@ -5,11 +5,14 @@
 //! by a running webhookd is refused with the same one-line error (redb
 //! holds an exclusive lock; there is no online backup), a file left by a
 //! crash is repaired first, and a newer schema is refused untouched.
+//! `check` first verifies every page's checksum on an in-memory view of
+//! the file ([`crate::store::integrity`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::cli::{AdminCommand, ExportFormat};
+use crate::store::integrity::{self, Pages};
 use crate::store::{DB_FILE_NAME, OpenError, Store, StoreError};
 
 /// Most problems `check` lists before only counting them.
@@ -60,6 +63,13 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
         // closing again leaves the file clean, so the copy needs no repair.
         drop(Store::open(data_dir)?);
         return backup(&file, dest, data_dir);
+    }
+    if matches!(command, AdminCommand::Check)
+        && let Pages::Damaged(found) = integrity::verify_pages(data_dir)?
+    {
+        // Before anything reads the damaged pages as they are.
+        eprintln!("webhookd check: pages fail their checksums: {found}");
+        return Err(AdminError::Damaged(1));
     }
     let store = Store::open(data_dir)?;
     let stdout = std::io::stdout();

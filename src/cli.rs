@@ -200,8 +200,9 @@ pub enum AdminCommand {
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
     },
-    /// Verify that every record decodes and every pending job matches a
-    /// PROCESSING transaction (and the reverse); exit 1 on damage.
+    /// Verify every page's checksum (without changing the file), that every
+    /// record decodes and every pending job matches a PROCESSING
+    /// transaction (and the reverse); exit 1 on damage.
     Check,
     /// Write a consistent, fsync'd copy of the database file to DEST (not
     /// while the daemon runs: redb locks the file).

@@ -49,7 +49,9 @@
 //! # Writing, recovery, migrations
 //!
 //! One thread writes, committing every command queued meanwhile in one
-//! durable commit ([`writer`]). After a storage fault the file is reopened
+//! durable commit ([`writer`]). `webhookd check` verifies every page's
+//! checksum first ([`integrity`]), which redb itself does only when it
+//! repairs a file a crash left. After a storage fault the file is reopened
 //! without a restart, with reads served from a read-only view meanwhile
 //! ([`reopen`]), and what a failed commit may have left is taken back
 //! ([`unacknowledged`]). A file of an older schema is migrated when opened
@@ -59,6 +61,7 @@ pub mod backend;
 mod check;
 pub mod encoding;
 pub mod ids;
+pub mod integrity;
 pub mod migrate;
 mod open;
 pub mod overlay;
