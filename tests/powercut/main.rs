@@ -1,13 +1,25 @@
 //! Power cut at any moment: the real server runs on a disk that records
-//! every write and sync ([`disk`]); afterwards, for many moments of the
-//! run, the file a power cut at that moment could leave is built
-//! ([`cut`]) and checked against every answer given before that moment
-//! ([`verify`]), including the reopening by a fresh server.
+//! every write and sync ([`disk`]) while clients drive it and record
+//! every answer with the disk's moment ([`workload`]); afterwards, for
+//! many moments of the run, the file a power cut at that moment could
+//! leave is built ([`cut`]) and checked against every answer given before
+//! that moment, then by a fresh server that processes what was pending
+//! ([`verify`]). A live cut ends each run: the disk dies mid-burst and the
+//! server goes on answering (503) and stops on it. Bit flips in durable
+//! pages: [`bitflip`].
 //!
 //! `WEBHOOKD_POWERCUT_CUTS` sets the number of cut points (default
-//! [`DEFAULT_CUTS`]); `WEBHOOKD_POWERCUT_SEED` the seed of the workload's
-//! and the cuts' random choices. A failure saves the file and the ledger
-//! of that cut and prints the command that checks them again.
+//! [`DEFAULT_CUTS`], plus every moment of the database's creation and of
+//! each unsynced size change); `WEBHOOKD_POWERCUT_SEED` the seed of the
+//! workload's and the cuts' random choices. A failure saves the file and
+//! the ledger of that cut and prints the command that checks them again.
+//!
+//! Outgoing requests (deliveries) fit the same shape: a receiver the test
+//! runs records each request it gets with the disk's moment, as the
+//! ledger does for answers ([`workload::Exchange`]); a cut at a moment
+//! must then hold an attempt record for every request received by that
+//! moment (one more check in [`verify::check_cut`], reading the attempts
+//! table as [`verify`] reads the tombstones).
 
 mod bitflip;
 #[path = "../common/mod.rs"]
