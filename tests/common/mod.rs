@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses part of this
 
+pub mod requirements;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -527,16 +529,23 @@ pub struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// Mounts a tmpfs with `options` (e.g. `size=1m`, `ro,size=1m`); `None`
-    /// where this machine does not allow it (mounting needs root).
-    pub fn mount(options: &str) -> Option<Tmpfs> {
+    /// Mounts a tmpfs with `options` (e.g. `size=1m`, `ro,size=1m`); fails
+    /// the test, naming what is missing, where this machine does not allow
+    /// it (see [`requirements::Need::TmpfsMount`]).
+    #[track_caller]
+    pub fn mount(options: &str) -> Tmpfs {
+        require(requirements::Need::TmpfsMount);
         let dir = tempfile::tempdir().unwrap();
-        let mounted = Command::new("mount")
+        let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir.path())
             .status()
-            .is_ok_and(|s| s.success());
-        mounted.then_some(Tmpfs { dir })
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount -t tmpfs -o {options} failed: {status}"
+        );
+        Tmpfs { dir }
     }
 
     pub fn path(&self) -> &Path {
@@ -557,6 +566,20 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Fails the test, naming what is missing, unless this machine has what
+/// `need` describes. A test that calls this is also marked
+/// `#[cfg_attr(webhookd_no_..., ignore = "...")]`, so outside CI it is
+/// listed as ignored where build.rs found the requirement missing.
+#[track_caller]
+pub fn require(need: requirements::Need) {
+    if let Err(missing) = need.check() {
+        panic!(
+            "cannot run this test here: {missing}. Outside CI (CI=true) such a test is \
+             marked ignored where `cargo test` is built without it."
+        );
     }
 }
 
