@@ -139,7 +139,8 @@ fn status_and_creation_time_filters() {
         wait_processed(daemon.addr, &id, DEADLINE);
     }
     daemon.terminate();
-    let _ = daemon.wait_exit(DEADLINE);
+    let (status, stderr) = daemon.wait_exit(DEADLINE);
+    assert!(status.success(), "{status}: {stderr}");
     let daemon = Daemon::start(dir.path(), &["--process-delay", "1h"]);
     let addr = daemon.addr;
     for i in 0..4 {

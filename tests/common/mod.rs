@@ -398,6 +398,116 @@ pub fn get_transaction(addr: SocketAddr, id: &str) -> Response {
     get(addr, &transaction_path(id))
 }
 
+/// The value of one series in `GET /metrics`, named exactly as exposed
+/// (e.g. `webhookd_pending_jobs` or
+/// `webhookd_webhooks_total{outcome="accepted"}`).
+#[track_caller]
+pub fn metric(addr: SocketAddr, series: &str) -> u64 {
+    let text = get(addr, "/metrics").body;
+    metric_in(&text, series)
+}
+
+/// [`metric`] in an already fetched exposition.
+#[track_caller]
+pub fn metric_in(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// Waits until the daemon on `data_dir` has nothing left to write by
+/// itself (every id merged into the on-disk id index, which happens in the
+/// same commit as the job rows of an idle writer), then returns the
+/// database file's bytes and the number of commits so far. Anything that
+/// writes after this changes one or both.
+pub fn settled_database(addr: SocketAddr, data_dir: &Path) -> (Vec<u8>, u64) {
+    poll_until(DEADLINE, "every id merged into the id index", || {
+        (metric(addr, "webhookd_unindexed_ids") == 0).then_some(())
+    });
+    let file = std::fs::read(data_dir.join("webhookd.redb")).expect("read the database file");
+    (file, metric(addr, "webhookd_commit_batch_size_count"))
+}
+
+/// What `webhookd check` counted in a data dir (it must pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckTotals {
+    pub transactions: u64,
+    pub processing: u64,
+    pub processed: u64,
+    pub pending_jobs: u64,
+}
+
+/// Runs `webhookd --data-dir DIR check`, requires exit 0, and returns its
+/// totals (from `ok: N transactions (P processing, Q processed), J pending jobs`).
+#[track_caller]
+pub fn check_totals(dir: &Path) -> CheckTotals {
+    let output = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("check")
+        .output()
+        .expect("run webhookd check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "webhookd check failed ({}): {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let numbers: Vec<u64> = stdout
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [transactions, processing, processed, pending_jobs] = numbers[..] else {
+        panic!("unexpected check summary: {stdout}");
+    };
+    assert!(
+        stdout.starts_with("ok: "),
+        "unexpected check summary: {stdout}"
+    );
+    CheckTotals {
+        transactions,
+        processing,
+        processed,
+        pending_jobs,
+    }
+}
+
+/// [`check_totals`] on a copy of the data dir's database: `check` repairs
+/// a file a SIGKILL left, and the daemon must later open it exactly as
+/// the kill left it.
+#[track_caller]
+pub fn check_totals_of_a_copy(dir: &Path) -> CheckTotals {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("webhookd.redb"), copy.path().join("webhookd.redb"))
+        .expect("copy the database file");
+    check_totals(copy.path())
+}
+
+/// Every record `webhookd export --format jsonl` writes for a stopped
+/// daemon's data dir, in the order written.
+#[track_caller]
+pub fn export(dir: &Path) -> Vec<Value> {
+    let output = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["export", "--format", "jsonl"])
+        .output()
+        .expect("run webhookd export");
+    assert!(
+        output.status.success(),
+        "webhookd export failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8 export")
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, failing after `deadline`.
 #[track_caller]
 pub fn poll_until<T>(deadline: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
