@@ -233,21 +233,21 @@ fn commits_over_32_commands(metrics: &Metrics, store: &Store) -> u64 {
         writer::now_ms(),
         0,
     );
-    let bucket = |le: f64| {
+    // Count of commits with at most `le` commands (`None`: all of them).
+    let bucket = |le: Option<f64>| {
         text.lines()
             .filter_map(|l| l.strip_prefix("webhookd_commit_batch_size_bucket{le=\""))
             .find_map(|rest| {
                 let (bound, count) = rest.split_once("\"}")?;
-                let bound = if bound == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    bound.parse().ok()?
+                let matches = match le {
+                    None => bound == "+Inf",
+                    Some(le) => bound.parse::<f64>().is_ok_and(|b| (b - le).abs() < 0.5),
                 };
-                (bound == le).then(|| count.trim().parse::<u64>().unwrap())
+                matches.then(|| count.trim().parse::<u64>().unwrap())
             })
-            .unwrap_or_else(|| panic!("no bucket le={le} in:\n{text}"))
+            .unwrap_or_else(|| panic!("no bucket le={le:?} in:\n{text}"))
     };
-    bucket(f64::INFINITY) - bucket(32.0)
+    bucket(None) - bucket(Some(32.0))
 }
 
 /// Through the library: 50 copies of a new id queued while a commit holds

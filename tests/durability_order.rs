@@ -118,14 +118,14 @@ fn parse_trace(lines: &[&str]) -> Vec<Call> {
             if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 continue;
             }
-            let mut call = Call {
+            let begun = args.strip_suffix(" <unfinished ...>");
+            let call = Call {
                 name: name.to_owned(),
                 entry: at,
                 exit: at,
-                text: args.to_owned(),
+                text: begun.unwrap_or(args).to_owned(),
             };
-            if let Some(begun) = args.strip_suffix(" <unfinished ...>") {
-                call.text = begun.to_owned();
+            if begun.is_some() {
                 unfinished.insert(pid, call);
             } else {
                 calls.push(call);
@@ -148,16 +148,10 @@ struct Steps {
     answered: Option<usize>,
 }
 
-#[test]
-#[cfg_attr(
-    webhookd_no_strace,
-    ignore = "needs strace (apt-get install strace); never ignored under CI=true"
-)]
-fn every_202_follows_the_completed_fsync_of_the_commit_that_wrote_its_record() {
-    common::require(Need::Strace);
-    let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("trace.txt");
-    let data = dir.path().join("data");
+/// Runs webhookd under strace while `THREADS` clients post `REQUESTS`
+/// webhooks at once, stops it, and returns the trace.
+fn trace_concurrent_posts(dir: &std::path::Path) -> String {
+    let trace = dir.join("trace.txt");
     let mut command = Command::new("strace");
     command
         .args(["-f", "-qq", "-y", "-s", "65536"])
@@ -169,7 +163,7 @@ fn every_202_follows_the_completed_fsync_of_the_commit_that_wrote_its_record() {
         .arg(&trace)
         .arg(common::BIN)
         .arg("--data-dir")
-        .arg(&data)
+        .arg(dir.join("data"))
         .args(["--listen", "127.0.0.1:0", "--process-delay", "1h"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -213,15 +207,17 @@ fn every_202_follows_the_completed_fsync_of_the_commit_that_wrote_its_record() {
         .unwrap();
     assert!(status.success(), "could not signal webhookd under strace");
     assert!(daemon.wait_exit(Duration::from_secs(30)).0.success());
-    let text = poll_until(Duration::from_secs(10), "the trace file", || {
+    poll_until(Duration::from_secs(10), "the trace file", || {
         std::fs::read_to_string(&trace).ok()
-    });
-    let lines: Vec<&str> = text.lines().collect();
-    let calls = parse_trace(&lines);
+    })
+}
 
+/// Each request's steps, and the (entry, exit) lines of every sync of
+/// the database file that returned 0.
+fn steps_of(calls: &[Call]) -> (Vec<Steps>, Vec<(usize, usize)>) {
     let mut steps = vec![Steps::default(); REQUESTS];
     let mut syncs = Vec::new();
-    for call in &calls {
+    for call in calls {
         match call.name.as_str() {
             "read" | "readv" | "recvfrom" | "recvmsg" => {
                 for n in call.ids() {
@@ -259,6 +255,20 @@ fn every_202_follows_the_completed_fsync_of_the_commit_that_wrote_its_record() {
             _ => {}
         }
     }
+    (steps, syncs)
+}
+
+#[test]
+#[cfg_attr(
+    webhookd_no_strace,
+    ignore = "needs strace (apt-get install strace); never ignored under CI=true"
+)]
+fn every_202_follows_the_completed_fsync_of_the_commit_that_wrote_its_record() {
+    common::require(Need::Strace);
+    let dir = tempfile::tempdir().unwrap();
+    let text = trace_concurrent_posts(dir.path());
+    let lines: Vec<&str> = text.lines().collect();
+    let (steps, syncs) = steps_of(&parse_trace(&lines));
 
     let excerpt = |from: usize, to: usize| {
         lines[from..=to.min(lines.len() - 1)]

@@ -231,8 +231,8 @@ fn load_through_a_merge_and_kill() -> Killed {
 }
 
 /// A merge cycle runs while webhooks keep arriving; meanwhile redeliveries
-/// of acknowledged ids must always be duplicates. The daemon is SIGKILLed
-/// in the middle of the cycle (the file it leaves has `id_hashes` rows
+/// of acknowledged ids must always be duplicates. The daemon is killed
+/// (SIGKILL) in the middle of the cycle (the file it leaves has `id_hashes` rows
 /// past `ids_complete_upto`), and after the restart every acknowledged id
 /// is still a duplicate, a changed payload a conflict, and a read finds it.
 #[test]

@@ -118,49 +118,38 @@ fn open_files_limit() -> (u64, u64) {
 
 /// Sockets the process holds open.
 fn open_sockets(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| {
+        dir.filter_map(Result::ok)
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            })
+            .count()
+    })
 }
 
-fn percentile(latencies: &mut [Duration], p: usize) -> Duration {
-    latencies.sort();
-    latencies[(latencies.len() * p / 100).min(latencies.len() - 1)]
-}
-
-#[test]
-fn a_flood_from_1100_connections_is_shed_at_once_and_everything_acknowledged_is_processed_once() {
-    // Both ends of 1,100 connections live on this machine: this process
-    // and the daemon (which inherits the limit) each need that many files.
-    let needed = CONNECTIONS as u64 + 200;
+/// Both ends of every connection live on this machine: this process and
+/// the daemon (which inherits the limit) each need `needed` open files.
+fn raise_open_files_limit(needed: u64) {
     let (soft, hard) = open_files_limit();
-    if soft < needed {
-        assert!(
-            hard >= needed,
-            "this test needs {needed} open files; the hard limit is {hard} (raise it with ulimit -Hn)"
-        );
-        let status = std::process::Command::new("prlimit")
-            .arg(format!("--pid={}", std::process::id()))
-            .arg(format!("--nofile={hard}:{hard}"))
-            .status()
-            .expect("run prlimit (util-linux) to raise the open files limit");
-        assert!(status.success(), "prlimit failed");
+    if soft >= needed {
+        return;
     }
-
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(
-        dir.path(),
-        &["--queue-depth", "32", "--process-delay", "0s"],
+    assert!(
+        hard >= needed,
+        "this test needs {needed} open files; the hard limit is {hard} (raise it with ulimit -Hn)"
     );
-    let addr = daemon.addr;
-    let pid = daemon.pid();
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status()
+        .expect("run prlimit (util-linux) to raise the open files limit");
+    assert!(status.success(), "prlimit failed");
+}
+
+/// Runs the flood against `addr`; returns what the connections saw and the
+/// most sockets the daemon (`pid`) held at once meanwhile.
+fn flood(addr: SocketAddr, pid: u32) -> (Seen, usize) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -170,7 +159,6 @@ fn a_flood_from_1100_connections_is_shed_at_once_and_everything_acknowledged_is_
     let tasks: Vec<_> = (0..CONNECTIONS)
         .map(|number| runtime.spawn(connection(addr, number, until)))
         .collect();
-    // While the flood runs: how many connections the daemon holds at once.
     let mut most_sockets = 0;
     while Instant::now() < until {
         most_sockets = most_sockets.max(open_sockets(pid));
@@ -184,6 +172,25 @@ fn a_flood_from_1100_connections_is_shed_at_once_and_everything_acknowledged_is_
         seen.wrong.extend(one.wrong);
         seen.errors.extend(one.errors);
     }
+    (seen, most_sockets)
+}
+
+fn percentile(latencies: &mut [Duration], p: usize) -> Duration {
+    latencies.sort();
+    latencies[(latencies.len() * p / 100).min(latencies.len() - 1)]
+}
+
+#[test]
+fn a_flood_from_1100_connections_is_shed_at_once_and_everything_acknowledged_is_processed_once() {
+    raise_open_files_limit(CONNECTIONS as u64 + 200);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        dir.path(),
+        &["--queue-depth", "32", "--process-delay", "0s"],
+    );
+    let addr = daemon.addr;
+    let pid = daemon.pid();
+    let (seen, most_sockets) = flood(addr, pid);
     assert!(
         seen.errors.is_empty(),
         "{} connection errors: {:?}",

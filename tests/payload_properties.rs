@@ -69,37 +69,35 @@ fn decimal() -> impl Strategy<Value = (String, String)> {
 /// exponent, no leading or trailing zeros), or `None` if it is zero or
 /// cannot be kept exactly in 96 bits with at most 28 decimal places.
 fn exact_value(text: &str) -> Option<String> {
+    const TWO_TO_THE_96: &str = "79228162514264337593543950336";
     let (mantissa, exponent) = match text.find(['e', 'E']) {
         Some(at) => (&text[..at], text[at + 1..].parse::<i64>().unwrap()),
         None => (text, 0),
     };
     let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    // value = digits × 10^power
+    let length = |s: &str| i64::try_from(s.len()).unwrap();
+    // value = significant × 10^power
     let digits = format!("{integer}{fraction}");
-    let mut power = exponent - fraction.len() as i64;
     let digits = digits.trim_start_matches('0');
     let significant = digits.trim_end_matches('0');
-    power += (digits.len() - significant.len()) as i64;
     if significant.is_empty() {
         return None;
     }
+    let power = exponent - length(fraction) + length(digits) - length(significant);
     // Stored as an integer below 2^96 with a scale of at most 28.
-    let scale = (-power).max(0);
+    let scale = usize::try_from(-power).unwrap_or(0);
     if scale > 28 {
         return None;
     }
-    let integer_digits = if power > 0 {
-        format!("{significant}{}", "0".repeat(power as usize))
-    } else {
-        significant.to_owned()
-    };
-    const TWO_TO_THE_96: &str = "79228162514264337593543950336";
+    let integer_digits = format!(
+        "{significant}{}",
+        "0".repeat(usize::try_from(power).unwrap_or(0))
+    );
     let fits = integer_digits.len() < TWO_TO_THE_96.len()
         || (integer_digits.len() == TWO_TO_THE_96.len() && integer_digits.as_str() < TWO_TO_THE_96);
     if !fits {
         return None;
     }
-    let scale = scale as usize;
     Some(if scale == 0 {
         integer_digits
     } else if integer_digits.len() > scale {

@@ -410,11 +410,17 @@ pub fn metric(addr: SocketAddr, series: &str) -> u64 {
 /// [`metric`] in an already fetched exposition.
 #[track_caller]
 pub fn metric_in(text: &str, series: &str) -> u64 {
-    text.lines()
+    let value = text
+        .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .trim();
+    // Whole numbers, some of them written as floats (`3.0`).
+    value
+        .strip_suffix(".0")
+        .unwrap_or(value)
+        .parse()
+        .unwrap_or_else(|e| panic!("{series} {value}: {e}"))
 }
 
 /// Waits until the daemon on `data_dir` has nothing left to write by

@@ -40,7 +40,7 @@ impl Need {
                 if !is_root() || !has_capability(CAP_SYS_ADMIN) {
                     return Err("mounting a tmpfs needs root with CAP_SYS_ADMIN".to_owned());
                 }
-                if !runs(&mut Command::new("mount").arg("--version")) {
+                if !runs(Command::new("mount").arg("--version")) {
                     return Err(
                         "mounting a tmpfs needs mount(8) (apt-get install mount)".to_owned()
                     );
