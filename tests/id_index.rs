@@ -144,9 +144,10 @@ struct Killed {
     rows: IdIndexRows,
 }
 
-/// More ids than start a merge cycle ([`MERGE_THRESHOLD`]), posted from
+/// Ids enough for two merge cycles ([`MERGE_THRESHOLD`] each), posted from
 /// several connections while another one redelivers acknowledged ids and
-/// requires each to be a duplicate; SIGKILL soon after the cycle began,
+/// requires each to be a duplicate (so also after the first cycle has
+/// finished, under load); SIGKILL soon after the second cycle began,
 /// while webhooks are still arriving.
 fn load_through_a_merge_and_kill() -> Killed {
     const THREADS: usize = 8;
@@ -207,9 +208,10 @@ fn load_through_a_merge_and_kill() -> Killed {
             });
         }
         // Every acknowledged id was committed, so once this many are, the
-        // cycle has begun; it then takes 128 or more further commits.
+        // first cycle is over (it took 128 or more commits after
+        // MERGE_THRESHOLD ids) and the second has begun.
         let started = Instant::now();
-        while count.load(Ordering::SeqCst) < MERGE_THRESHOLD + 256 {
+        while count.load(Ordering::SeqCst) < 2 * MERGE_THRESHOLD + 256 {
             assert!(
                 started.elapsed() < Duration::from_secs(300),
                 "only {} acknowledged",
@@ -230,9 +232,9 @@ fn load_through_a_merge_and_kill() -> Killed {
     }
 }
 
-/// A merge cycle runs while webhooks keep arriving; meanwhile redeliveries
+/// Merge cycles run while webhooks keep arriving; meanwhile redeliveries
 /// of acknowledged ids must always be duplicates. The daemon is killed
-/// (SIGKILL) in the middle of the cycle (the file it leaves has `id_hashes` rows
+/// (SIGKILL) in the middle of the second cycle (the file it leaves has `id_hashes` rows
 /// past `ids_complete_upto`), and after the restart every acknowledged id
 /// is still a duplicate, a changed payload a conflict, and a read finds it.
 #[test]
