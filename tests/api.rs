@@ -1,4 +1,4 @@
-//! The three endpoints of CONTRACT §2 with well-formed requests: health,
+//! The three endpoints of the API with well-formed requests: health,
 //! receiving (new, redelivery, conflict), status, and processing.
 
 mod common;

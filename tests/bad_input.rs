@@ -1,5 +1,5 @@
-//! Every error row of CONTRACT §2 for bad requests, in the contract's error
-//! shape, and proof that a refused request stores nothing. Also the 503s:
+//! Every error answer to a bad request, in the API's error shape, and
+//! proof that a refused request stores nothing. Also the 503s:
 //! a full writer queue and a full disk.
 
 mod common;
@@ -189,7 +189,7 @@ fn each_invalid_field_is_422_naming_the_field_and_stores_nothing() {
 }
 
 #[test]
-fn checks_run_in_the_contract_order() {
+fn checks_run_in_the_documented_order() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &["--max-body-bytes", "100"]);
     // The route first: a wrong path or method wins over the content type,

@@ -1,4 +1,4 @@
-//! CONTRACT §1: options and environment variables, the ready line, and one
+//! Options and environment variables, the ready line, and one
 //! clear line with a non-zero exit (nothing damaged) for every start-up
 //! failure.
 

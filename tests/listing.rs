@@ -1,6 +1,6 @@
 //! `GET /v1/transactions`: newest first, filters, stable cursor paging
 //! while new transactions arrive, the page-size cap, and every parameter
-//! error in the contract's error shape.
+//! error in the API's error shape.
 
 mod common;
 

@@ -195,7 +195,7 @@ impl Response {
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
 
-    /// Asserts the contract's error shape and code; returns the body.
+    /// Asserts the API's error shape and code; returns the body.
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) -> Value {
         assert_eq!(self.status, status, "unexpected status; body {}", self.body);
@@ -693,8 +693,8 @@ impl Drop for Tmpfs {
 pub fn require(need: requirements::Need) {
     if let Err(missing) = need.check() {
         panic!(
-            "cannot run this test here: {missing}. Outside CI (CI=true) such a test is \
-             marked ignored where `cargo test` is built without it."
+            "cannot run this test here: {missing}. (Without CI=true, a build that \
+             finds this missing marks the test ignored instead.)"
         );
     }
 }
