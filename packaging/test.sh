@@ -6,7 +6,8 @@
 #  2. checks the .deb: dpkg-deb --info/--contents, lintian (no errors, and
 #     only the warnings explained below);
 #  3. installs it with dpkg -i: service user, unit (systemd-analyze verify
-#     and security), enablement, conffile;
+#     and security), enablement, conffile, and where systemd is not running
+#     dpkg's output saying the service was not started;
 #  4. starts /usr/bin/webhookd the way the unit does (its ExecStart, the
 #     env file's settings, as its User/Group with its UMask, data in its
 #     StateDirectory) under strace; runs health, POST, GET and processing;
@@ -15,7 +16,9 @@
 #     MemoryDenyWriteExecute, ProtectSystem, ...) would not have broken it;
 #  5. upgrades to a package rebuilt with a higher revision and checks that
 #     the database and the edited env file are kept and still served;
-#  6. purges it and checks what is removed and what is kept;
+#  6. removes it (dpkg -r) and checks what is removed and what is kept
+#     (the settings file, the enablement link, a mask), then purges it and
+#     checks the same;
 #  7. inspects the .rpm (rpm -qpi, rpm -qpl) and checks it holds the same
 #     files, with the same bytes, as the .deb.
 #
@@ -238,8 +241,23 @@ say "the .rpm holds the same $(wc -l <"$work/rpm.common") files as the .deb, byt
 
 # --- 3. Install ----------------------------------------------------------------
 
+# not_started_message LOG WORD: where systemd is not running, the postinst
+# must say that the service was not WORD (started, restarted); where it runs,
+# it must not.
+not_started_message() {
+  if [ -d /run/systemd/system ]; then
+    ! grep -q "webhookd.service was not $2" "$1" || fail "dpkg says the service was not $2, but systemd is running"
+  else
+    grep -q "systemd is not running, so webhookd.service was not $2" "$1" ||
+      fail "dpkg did not say that webhookd.service was not $2 (systemd is not running here)"
+    say "dpkg said: $(grep 'webhookd.service was not' "$1")"
+  fi
+}
+
 say "dpkg -i $deb"
-dpkg -i "$deb" </dev/null || fail "dpkg -i $deb failed"
+dpkg -i "$deb" </dev/null >"$work/install.log" 2>&1 || { cat "$work/install.log"; fail "dpkg -i $deb failed"; }
+cat "$work/install.log"
+not_started_message "$work/install.log" started
 [ "$(dpkg-query -W -f='${Status} ${Version}' webhookd)" = "install ok installed $version" ] ||
   fail "dpkg does not show webhookd $version as installed"
 unit=/usr/lib/systemd/system/webhookd.service
@@ -462,7 +480,9 @@ version2="$(dpkg-deb -f "$upgrade_deb" Version)"
 dpkg --compare-versions "$version2" gt "$version" || fail "rebuilt version $version2 is not higher than $version"
 db_sum="$(sha256sum <"$db")"
 say "dpkg -i $upgrade_deb ($version -> $version2)"
-dpkg -i "$upgrade_deb" </dev/null || fail "dpkg -i $upgrade_deb (upgrade) failed"
+dpkg -i "$upgrade_deb" </dev/null >"$work/upgrade.log" 2>&1 || { cat "$work/upgrade.log"; fail "dpkg -i $upgrade_deb (upgrade) failed"; }
+cat "$work/upgrade.log"
+not_started_message "$work/upgrade.log" restarted
 [ "$(dpkg-query -W -f='${Version}' webhookd)" = "$version2" ] || fail "upgrade did not install $version2"
 cmp -s "$envfile" "$work/envfile.edited" || fail "the upgrade changed the edited $envfile"
 ls /etc/default/webhookd.dpkg-* 2>/dev/null && fail "the upgrade left dpkg conffile copies (above)"
@@ -485,7 +505,26 @@ stop_like_unit
 db_sum="$(sha256sum <"$db")"
 say "timings for README (Backup): start-to-ready ${start_ms} ms, SIGTERM-to-exit ${stop_ms} ms"
 
-# --- 6. Purge -----------------------------------------------------------------------
+# --- 6. Remove, then purge -------------------------------------------------------
+
+wants=/etc/systemd/system/multi-user.target.wants/webhookd.service
+mask=/etc/systemd/system/webhookd.service
+say "dpkg -r webhookd"
+dpkg -r webhookd >"$work/remove.log" 2>&1 || { cat "$work/remove.log"; fail "dpkg -r webhookd failed"; }
+cat "$work/remove.log"
+[ "$(dpkg-query -W -f='${db:Status-Status}' webhookd 2>/dev/null)" = config-files ] ||
+  fail "after dpkg -r, dpkg does not keep webhookd's configuration files"
+for gone in /usr/bin/webhookd "$unit" /usr/lib/sysusers.d/webhookd.conf /usr/share/man/man8/webhookd.8.gz; do
+  [ ! -e "$gone" ] || fail "dpkg -r left $gone behind"
+done
+# Kept until purge, as is usual on Debian: the settings file, the
+# enablement link (so a reinstall is enabled again), and a mask that keeps
+# the removed unit from being started meanwhile.
+cmp -s "$envfile" "$work/envfile.edited" || fail "dpkg -r changed or removed the edited $envfile"
+[ -L "$wants" ] || fail "dpkg -r removed the enablement link $wants (the README says it stays until purge)"
+[ "$(readlink "$mask")" = /dev/null ] || fail "dpkg -r did not mask webhookd.service ($mask)"
+[ -f "$db" ] && [ "$(sha256sum <"$db")" = "$db_sum" ] || fail "dpkg -r removed or changed $db"
+say "dpkg -r removed the package's files; kept $envfile, the enablement link, a mask and $db"
 
 say "dpkg --purge webhookd"
 dpkg --purge webhookd >"$work/purge.log" 2>&1 || { cat "$work/purge.log"; fail "dpkg --purge webhookd failed"; }
@@ -495,7 +534,7 @@ status="$(dpkg-query -W -f='${db:Status-Status}' webhookd 2>/dev/null || true)"
 # Removed: everything the package installed, its conffile, and the
 # enablement symlinks deb-systemd-helper made.
 for gone in /usr/bin/webhookd "$unit" /usr/lib/sysusers.d/webhookd.conf /usr/share/man/man8/webhookd.8.gz \
-  /usr/share/doc/webhookd /etc/default/webhookd /etc/systemd/system/multi-user.target.wants/webhookd.service; do
+  /usr/share/doc/webhookd /etc/default/webhookd "$wants" "$mask"; do
   [ ! -e "$gone" ] && [ ! -L "$gone" ] || fail "purge left $gone behind"
 done
 # Kept on purpose (see packaging/debian/postrm): the database, which holds
@@ -503,4 +542,4 @@ done
 [ -f "$db" ] && [ "$(sha256sum <"$db")" = "$db_sum" ] || fail "purge removed or changed $db; it must keep the data"
 getent passwd webhookd >/dev/null || fail "purge removed the webhookd user, which still owns $state_dir"
 grep -q 'keeps the database in /var/lib/webhookd' "$work/purge.log" || fail "purge did not say that it keeps the database"
-say "purge removed the package's files, /etc/default/webhookd and the enablement; kept $db and the webhookd user"
+say "purge removed the package's files, /etc/default/webhookd, the enablement and the mask; kept $db and the webhookd user"

@@ -75,7 +75,7 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
             let record = store
                 .get(transaction_id)?
                 .ok_or_else(|| AdminError::NotFound(transaction_id.clone()))?;
-            out.write_all(&crate::http::transaction_json(&record))
+            out.write_all(&crate::view::transaction_json(&record))
                 .and_then(|()| out.write_all(b"\n"))
                 .map_err(io("stdout"))?;
         }
@@ -86,7 +86,7 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
             let mut undecodable = 0;
             store.for_each_transaction(|key, record| match record {
                 Ok(record) => match out
-                    .write_all(&crate::http::transaction_json(&record))
+                    .write_all(&crate::view::transaction_json(&record))
                     .and_then(|()| out.write_all(b"\n"))
                 {
                     Ok(()) => true,
@@ -262,6 +262,7 @@ fn check_indexes(
 /// same flock redb takes, so no webhookd can start and write meanwhile);
 /// the copy is fsync'd.
 fn backup(file: &Path, dest: &Path, data_dir: &Path) -> Result<(), AdminError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let io = |what: String| move |source| AdminError::Io { what, source };
     let mut source = std::fs::File::open(file).map_err(io(file.display().to_string()))?;
     if source.try_lock().is_err() {
@@ -269,9 +270,11 @@ fn backup(file: &Path, dest: &Path, data_dir: &Path) -> Result<(), AdminError> {
             path: data_dir.to_owned(),
         }));
     }
+    // Readable by its owner only, like the database, whatever the umask.
     let mut target = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(dest)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use crate::store::writer::DEFAULT_QUEUE_DEPTH;
@@ -114,6 +114,17 @@ pub struct Config {
     )]
     pub body_read_timeout: Duration,
 
+    /// A connection whose answers the client leaves unread for this long
+    /// (the server cannot write to it) is closed.
+    #[arg(
+        long,
+        env = "WEBHOOKD_WRITE_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = parse_positive_duration
+    )]
+    pub write_timeout: Duration,
+
     /// Verify webhook signatures with this scheme (off when not set); POSTs
     /// without a valid signature get 401 and are not stored.
     #[arg(
@@ -126,11 +137,12 @@ pub struct Config {
 
     /// File with the signing secrets, one per line (any one may match, so
     /// secrets can be rotated); `whsec_<base64>` for standard-webhooks.
+    /// Given with --signature-scheme, never without.
     #[arg(long, env = "WEBHOOKD_SIGNING_SECRETS_FILE", value_name = "PATH")]
     pub signing_secrets_file: Option<PathBuf>,
 
-    /// Header carrying the hex signature, for --signature-scheme hmac-sha256
-    /// (e.g. X-Razorpay-Signature).
+    /// Header carrying the hex signature (e.g. X-Razorpay-Signature):
+    /// required by --signature-scheme hmac-sha256, refused with the others.
     #[arg(long, env = "WEBHOOKD_SIGNATURE_HEADER", value_name = "NAME")]
     pub signature_header: Option<String>,
 
@@ -236,17 +248,23 @@ pub enum Parsed {
     Usage(String),
 }
 
-/// Exit code for a bad command line or option value.
+/// Exit code for a configuration error: a bad command line, environment
+/// variable or option value, or a file they name that is missing or
+/// malformed. Restarting cannot fix it (the systemd unit does not).
 pub const USAGE_EXIT_CODE: u8 = 2;
 
-/// Exit code for a failure to start or run (unusable data directory, ...).
+/// Exit code for a failure at run time (unusable data directory, ...).
 pub const FAILURE_EXIT_CODE: u8 = 1;
 
 /// Parses the process arguments and environment.
 ///
 /// A usage error becomes one line (clap's first line, e.g. `error: invalid
 /// value 'abc' for '--process-delay <DURATION>': ...`) so that logs and
-/// service managers show the cause, not a usage screen.
+/// service managers show the cause, not a usage screen. When the bad value
+/// came from the environment, the line names the variable instead: `invalid
+/// value 'abc' for WEBHOOKD_PROCESS_DELAY (--process-delay): ...`. A
+/// `WEBHOOKD_*` variable that is set but empty counts as unset (systemd's
+/// `EnvironmentFile=` passes `VAR=` through as an empty value).
 #[must_use]
 pub fn parse() -> Parsed {
     parse_from(std::env::args_os())
@@ -258,24 +276,78 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    match Config::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let parsed = command()
+        .try_get_matches_from(&args)
+        .and_then(|matches| Config::from_arg_matches(&matches));
+    match parsed {
         Ok(config) => Parsed::Run(Box::new(config)),
         Err(e) => match e.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                 Parsed::Exit(e.to_string())
             }
-            _ => {
-                let rendered = e.to_string();
-                let line = rendered
-                    .lines()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("error: invalid command line")
-                    .trim()
-                    .to_owned();
-                Parsed::Usage(format!("webhookd: {line}"))
-            }
+            _ => Parsed::Usage(format!("webhookd: {}", usage_line(&e, &args))),
         },
     }
+}
+
+/// The command line definition, with every option whose environment
+/// variable is set but empty left to its default, as if it were unset.
+fn command() -> clap::Command {
+    Config::command().mut_args(|arg| {
+        let empty = arg
+            .get_env()
+            .and_then(std::env::var_os)
+            .is_some_and(|value| value.is_empty());
+        if empty { arg.env(None) } else { arg }
+    })
+}
+
+/// The first line of clap's message for `error`; if the offending value
+/// came from an environment variable, the option is named through it.
+fn usage_line(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
+    let rendered = error.to_string();
+    let line = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("error: invalid command line")
+        .trim();
+    let Some(clap::error::ContextValue::String(invalid)) =
+        error.get(clap::error::ContextKind::InvalidArg)
+    else {
+        return line.to_owned();
+    };
+    // `invalid` is how clap shows the option, e.g. `--process-delay <DURATION>`.
+    let long = invalid.split_whitespace().next().unwrap_or(invalid);
+    let Some(arg) = Config::command()
+        .get_arguments()
+        .find(|arg| {
+            arg.get_long()
+                .is_some_and(|name| long == format!("--{name}"))
+        })
+        .cloned()
+    else {
+        return line.to_owned();
+    };
+    let Some(variable) = arg.get_env().map(|v| v.to_string_lossy().into_owned()) else {
+        return line.to_owned();
+    };
+    // The value came from the environment if, without that variable, this
+    // option is no longer the one in error (the command line gave none).
+    let without_env = command()
+        .mut_arg(arg.get_id(), |arg| arg.env(None))
+        .try_get_matches_from(args)
+        .and_then(|matches| Config::from_arg_matches(&matches));
+    let same_option_fails = without_env.is_err_and(|e| {
+        matches!(
+            e.get(clap::error::ContextKind::InvalidArg),
+            Some(clap::error::ContextValue::String(other)) if other == invalid
+        )
+    });
+    if same_option_fails {
+        return line.to_owned();
+    }
+    line.replacen(&format!("'{invalid}'"), &format!("{variable} ({long})"), 1)
 }
 
 /// Sends `tracing` events to stderr in the chosen format. Colours only when

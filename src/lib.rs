@@ -10,7 +10,8 @@
 //! - [`scheduler`]: fires due jobs from the durable jobs table;
 //! - [`retention`]: `--retention`, deletes old PROCESSED transactions;
 //! - [`signature`]: optional webhook signature verification;
-//! - [`shutdown`]: SIGTERM/SIGINT handling.
+//! - [`shutdown`]: SIGTERM/SIGINT handling;
+//! - [`view`]: how a transaction and a time are shown (API, `inspect`, `export`, logs).
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
 //! → drain requests → stop the scheduler → flush and stop the writer.
@@ -29,6 +30,7 @@ pub mod scheduler;
 pub mod shutdown;
 pub mod signature;
 pub mod store;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -71,6 +73,22 @@ pub enum Error {
     /// The store writer thread panicked; acknowledged data is still on disk.
     #[error("the store writer thread panicked")]
     WriterPanicked,
+}
+
+impl Error {
+    /// The process exit code for this error: [`cli::USAGE_EXIT_CODE`] (2)
+    /// for a configuration error (a flag, an environment variable or a
+    /// file they name), which a restart cannot fix; [`cli::FAILURE_EXIT_CODE`]
+    /// (1) for a failure at run time.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Signature(_) => cli::USAGE_EXIT_CODE,
+            Error::Open(_) | Error::Listen { .. } | Error::Start { .. } | Error::WriterPanicked => {
+                cli::FAILURE_EXIT_CODE
+            }
+        }
+    }
 }
 
 fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -127,6 +145,17 @@ fn shutdown_trigger(trigger: Option<Trigger>) -> Result<(Option<ShutdownSignals>
     Ok((Some(signals), requested))
 }
 
+/// One warning at start when the port is reachable from other hosts and
+/// nothing checks who posts to it.
+fn warn_if_open_to_others(listen: SocketAddr, signed: bool) {
+    if !listen.ip().to_canonical().is_loopback() && !signed {
+        tracing::warn!(
+            %listen,
+            "listening beyond this host without --signature-scheme: anyone who can reach {listen} can store webhooks and read every transaction"
+        );
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT, then shuts it down in order.
 ///
 /// Nothing is logged before the store is open, so a start-up failure is
@@ -142,17 +171,12 @@ pub fn run_with(
     options: RunOptions,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
-    // Checked before the store is touched: a bad secrets file changes nothing.
-    let verifier = config
-        .signature_scheme
-        .map(|scheme| {
-            signature::Verifier::from_config(
-                scheme,
-                config.signing_secrets_file.as_deref(),
-                config.signature_header.as_deref(),
-            )
-        })
-        .transpose()?;
+    // Checked before the store is touched: bad signature settings change nothing.
+    let verifier = signature::Verifier::from_config(
+        config.signature_scheme,
+        config.signing_secrets_file.as_deref(),
+        config.signature_header.as_deref(),
+    )?;
     let store = Store::open_with(&config.data_dir, &*options.storage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -193,6 +217,7 @@ pub fn run_with(
     let (signals, shutdown) = shutdown_trigger(options.shutdown)?;
 
     let pending_jobs = store.pending_jobs().unwrap_or_default();
+    warn_if_open_to_others(config.listen, verifier.is_some());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %config.data_dir.display(),
@@ -215,6 +240,7 @@ pub fn run_with(
         max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
         header_read_timeout: config.header_read_timeout,
         body_read_timeout: config.body_read_timeout,
+        write_timeout: config.write_timeout,
     };
     let state = Arc::new(http::AppState::new(
         store,

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("webhookd: error: {e}");
-            ExitCode::from(FAILURE_EXIT_CODE)
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -1,5 +1,8 @@
-//! What `GET /metrics` exposes, in the `OpenMetrics` text format (which
-//! Prometheus scrapes natively), built on the `prometheus-client` crate.
+//! What `GET /metrics` exposes, built on the `prometheus-client` crate, in
+//! the format the scraper asks for: `OpenMetrics` text when its `Accept`
+//! names `application/openmetrics-text` (Prometheus does), else the
+//! Prometheus text format 0.0.4 that every other scraper and
+//! `promtool check metrics` read.
 //!
 //! Counters and histograms are updated where things happen (the request
 //! handler, the store writer); the job gauges are read from the durable
@@ -7,6 +10,7 @@
 //! Every label has a small fixed set of values: routes are path templates,
 //! never raw paths, so a client cannot create series at will.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,8 +24,60 @@ use std::sync::atomic::AtomicU64;
 
 use crate::store::JobStats;
 
-/// Content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// A format `GET /metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `OpenMetrics` text 1.0.0, for scrapers that ask for it.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4, the default.
+    PrometheusText,
+}
+
+/// Media type of `OpenMetrics` text.
+const OPENMETRICS_MEDIA_TYPE: &str = "application/openmetrics-text";
+
+impl Format {
+    /// The format for a request with this `Accept` header: `OpenMetrics` if
+    /// it names `application/openmetrics-text` with a quality above zero
+    /// and at least that of any range matching `text/plain`; else the
+    /// Prometheus text format (also without an `Accept` header).
+    #[must_use]
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let mut openmetrics = 0.0_f32;
+        let mut text = 0.0_f32;
+        for range in accept.unwrap_or_default().split(',') {
+            let mut params = range.split(';');
+            let media_type = params.next().unwrap_or_default().trim();
+            let quality = params
+                .filter_map(|param| param.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, q)| q.trim().parse::<f32>().ok())
+                .unwrap_or(0.0);
+            if media_type.eq_ignore_ascii_case(OPENMETRICS_MEDIA_TYPE) {
+                openmetrics = openmetrics.max(quality);
+            } else if ["text/plain", "text/*", "*/*"]
+                .iter()
+                .any(|t| media_type.eq_ignore_ascii_case(t))
+            {
+                text = text.max(quality);
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::PrometheusText
+        }
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    #[must_use]
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::PrometheusText => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
 
 /// A request's route: the path template, so ids never become labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -287,10 +343,16 @@ impl Metrics {
         self.purged.inc_by(count);
     }
 
-    /// Renders the exposition, with the job gauges set from `jobs` read at
-    /// `now_ms` and the count of ids awaiting the id index.
+    /// Renders the exposition in `format`, with the job gauges set from
+    /// `jobs` read at `now_ms` and the count of ids awaiting the id index.
     #[must_use]
-    pub fn render(&self, jobs: &JobStats, now_ms: u64, unindexed_ids: usize) -> String {
+    pub fn render(
+        &self,
+        format: Format,
+        jobs: &JobStats,
+        now_ms: u64,
+        unindexed_ids: usize,
+    ) -> String {
         self.unindexed_ids
             .set(i64::try_from(unindexed_ids).unwrap_or(i64::MAX));
         self.pending_jobs
@@ -305,6 +367,140 @@ impl Metrics {
         let mut text = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        match format {
+            Format::OpenMetrics => text,
+            Format::PrometheusText => prometheus_text(&text),
+        }
+    }
+}
+
+/// The Prometheus text format 0.0.4 of an `OpenMetrics` exposition as
+/// `prometheus-client` writes it (the crate encodes `OpenMetrics` only).
+/// The sample lines are the same in both formats; the metadata differs: a
+/// counter family is named with its `_total` suffix, an info family is a
+/// gauge named with its `_info` suffix (its one sample is
+/// `webhookd_build_info{version="…"} 1` in both formats), an unknown one is
+/// `untyped`, and there are no `# UNIT` lines and no `# EOF`.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (suffix, kind) = match kind {
+                "counter" => ("_total", "counter"),
+                "info" => ("_info", "gauge"),
+                "unknown" => ("", "untyped"),
+                other => ("", other),
+            };
+            if let Some((_, text)) = help.take_if(|(help_name, _)| *help_name == name) {
+                let _ = writeln!(out, "# HELP {name}{suffix} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name}{suffix} {kind}");
+            continue;
+        }
+        // prometheus-client writes each family's HELP right before its TYPE.
+        if let Some((name, text)) = help.take() {
+            let _ = writeln!(out, "# HELP {name} {text}");
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+        } else if !(line.starts_with("# UNIT ") || line == "# EOF") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_only_when_asked_for_at_least_as_much_as_text() {
+        for (accept, expected) in [
+            (None, Format::PrometheusText),
+            (Some(""), Format::PrometheusText),
+            (Some("*/*"), Format::PrometheusText),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (
+                Some("application/openmetrics-text; version=1.0.0; q=0.5, text/plain; q=0.5"),
+                Format::OpenMetrics,
+            ),
+            (
+                Some("application/openmetrics-text;q=0.4,text/plain;q=0.5"),
+                Format::PrometheusText,
+            ),
+            (
+                Some("application/openmetrics-text;q=0"),
+                Format::PrometheusText,
+            ),
+            (
+                Some("application/openmetrics-text;q=nonsense"),
+                Format::PrometheusText,
+            ),
+            (Some("application/json"), Format::PrometheusText),
+        ] {
+            assert_eq!(Format::negotiate(accept), expected, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn the_text_format_renames_counter_and_info_families_and_drops_eof() {
+        let openmetrics = "\
+# HELP a_requests Requests.
+# TYPE a_requests counter
+a_requests_total{route=\"/\"} 3
+# HELP a_build Version.
+# TYPE a_build info
+a_build_info{version=\"1\"} 1
+# HELP a_queue Queue.
+# TYPE a_queue gauge
+a_queue 2
+# EOF
+";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "\
+# HELP a_requests_total Requests.
+# TYPE a_requests_total counter
+a_requests_total{route=\"/\"} 3
+# HELP a_build_info Version.
+# TYPE a_build_info gauge
+a_build_info{version=\"1\"} 1
+# HELP a_queue Queue.
+# TYPE a_queue gauge
+a_queue 2
+"
+        );
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_in_both_formats() {
+        let metrics = Metrics::new();
+        metrics.request(Route::Health, 200, Duration::from_millis(1));
+        let jobs = JobStats {
+            pending: 0,
+            due: 0,
+            earliest_due_ms: None,
+        };
+        for format in [Format::OpenMetrics, Format::PrometheusText] {
+            let text = metrics.render(format, &jobs, 0, 0);
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                if let Some(rest) = line.strip_prefix("# TYPE ") {
+                    let name = rest.split(' ').next().unwrap();
+                    assert!(
+                        lines[i - 1].starts_with(&format!("# HELP {name} ")),
+                        "{format:?}: {name} has no HELP"
+                    );
+                    assert!(
+                        format == Format::OpenMetrics || !rest.ends_with(" info"),
+                        "{line}"
+                    );
+                }
+            }
+        }
     }
 }

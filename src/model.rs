@@ -183,6 +183,11 @@ fn invalid(field: Field, message: &'static str) -> PayloadError {
 /// [`PayloadError::InvalidField`] for the first field that fails validation
 /// (in the order of [`Field`]).
 pub fn parse_payload(body: &[u8]) -> Result<NewTransaction, PayloadError> {
+    if body.trim_ascii().is_empty() {
+        return Err(PayloadError::InvalidJson(
+            "body is empty; it must be a JSON object".to_owned(),
+        ));
+    }
     let raw: RawFields<'_> = serde_json::from_slice(body).map_err(|e| {
         PayloadError::InvalidJson(match e.classify() {
             serde_json::error::Category::Data => "body must be a JSON object".to_owned(),
@@ -488,6 +493,19 @@ mod tests {
                     parse_payload(text.as_bytes()),
                     Err(PayloadError::InvalidJson(_))
                 ),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_body_is_called_empty() {
+        for text in ["", " ", "\r\n\t "] {
+            assert_eq!(
+                parse_payload(text.as_bytes()),
+                Err(PayloadError::InvalidJson(
+                    "body is empty; it must be a JSON object".to_owned()
+                )),
                 "{text:?}"
             );
         }

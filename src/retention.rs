@@ -66,7 +66,7 @@ fn run(writer: &WriterHandle, age_ms: u64, stopped: &mpsc::Receiver<()>) {
                         tracing::info!(
                             purged = swept,
                             "retention: deleted transactions processed before {}",
-                            crate::http::format_time(cutoff)
+                            crate::view::format_time(cutoff)
                         );
                     }
                     swept = 0;

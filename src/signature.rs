@@ -1,13 +1,16 @@
 //! Webhook signature verification, off unless a scheme and secrets are
-//! configured. Verification runs on the raw body bytes before any parsing;
-//! every comparison is constant-time (`Mac::verify_slice`). Any configured
-//! secret may match, so a secret can be rotated with two active.
+//! configured. Verification runs on the raw body bytes before any parsing.
+//! Each secret's MAC is computed once per request; every candidate
+//! signature of the right length is compared with it in constant time
+//! (`CtOutput`'s `==`). Any configured secret may match, so a secret can be
+//! rotated with two active.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::digest::{CtOutput, Output};
 use hmac::{Hmac, Mac};
 use hyper::HeaderMap;
 use sha2::Sha256;
@@ -17,14 +20,32 @@ type HmacSha256 = Hmac<Sha256>;
 /// How far a signed timestamp may be from now, either way.
 pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(300);
 
+/// Most `v1` signatures one request may carry. Senders put one per active
+/// secret (two while rotating); a header with more is refused before any
+/// MAC is computed, so a client cannot make a request cost more by
+/// repeating entries.
+pub const MAX_SIGNATURES: usize = 16;
+
 /// Prefix of a Standard Webhooks secret; the rest is base64.
 const STANDARD_SECRET_PREFIX: &str = "whsec_";
+
+/// Length of an HMAC-SHA256 tag; candidates of any other length are skipped.
+const TAG_LEN: usize = 32;
+
+/// The standard-webhooks headers (id, timestamp, signature): the standard's
+/// own names, and the `svix-*` names Svix sends by default. A request uses
+/// one set: the `webhook-*` one if it has any of those headers, else `svix-*`.
+const STANDARD_HEADER_SETS: [[&str; 3]; 2] = [
+    ["webhook-id", "webhook-timestamp", "webhook-signature"],
+    ["svix-id", "svix-timestamp", "svix-signature"],
+];
 
 /// Signature scheme (`--signature-scheme`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scheme {
     /// Standard Webhooks (Svix): `webhook-id`, `webhook-timestamp`,
-    /// `webhook-signature: v1,<base64>`; signs `{id}.{timestamp}.{body}`.
+    /// `webhook-signature: v1,<base64>` (or the same as `svix-*`); signs
+    /// `{id}.{timestamp}.{body}`.
     StandardWebhooks,
     /// Stripe: `Stripe-Signature: t=<unix>,v1=<hex>`; signs `{t}.{body}`.
     Stripe,
@@ -62,22 +83,38 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-/// Why the signature configuration is unusable (a start-up error).
+/// Why the signature settings are unusable: a configuration error, found
+/// before anything touches the data dir.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// Only part of the settings is given (names the flags involved).
+    #[error("{0}")]
+    Incomplete(String),
+    /// `--signature-header` is not a valid header name.
+    #[error("--signature-header {0:?} is not a header name")]
+    HeaderName(String),
     /// The secrets file cannot be read.
-    #[error("cannot read signing secrets file {path}: {source}")]
+    #[error("cannot read --signing-secrets-file {}: {source}", path.display())]
     Read {
         /// The file.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// What the file system said.
         #[source]
         source: std::io::Error,
     },
-    /// The configuration is incomplete or a secret is malformed.
+    /// No secret, or a malformed one (the secret itself is never part of
+    /// the message).
     #[error("{0}")]
-    Invalid(String),
+    Secret(&'static str),
+    /// The secrets file holds no secret, or a malformed one.
+    #[error("--signing-secrets-file {}: {message}", path.display())]
+    SecretsFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: &'static str,
+    },
 }
 
 /// Why a request's signature was refused (answered 401 `invalid_signature`).
@@ -86,20 +123,45 @@ pub enum ConfigError {
 pub struct Rejection(pub &'static str);
 
 impl Verifier {
-    /// Builds a verifier from the command line: a scheme, a file with one
-    /// secret per line (blank lines and `#` comments ignored), and for
-    /// `hmac-sha256` the header that carries the signature.
+    /// Builds the verifier the command line asks for: `None` when no
+    /// signature setting is given. Every half-configuration is refused (a
+    /// scheme without secrets, secrets without a scheme, `hmac-sha256`
+    /// without `--signature-header`, `--signature-header` with another
+    /// scheme or none), so verification never silently stays off. The flags
+    /// are checked before the secrets file (one secret per line; blank
+    /// lines and `#` comments ignored) is read.
     pub fn from_config(
-        scheme: Scheme,
+        scheme: Option<Scheme>,
         secrets_file: Option<&Path>,
         header: Option<&str>,
-    ) -> Result<Verifier, ConfigError> {
-        let path = secrets_file.ok_or_else(|| {
-            ConfigError::Invalid(
-                "--signature-scheme needs --signing-secrets-file with at least one secret"
-                    .to_owned(),
-            )
-        })?;
+    ) -> Result<Option<Verifier>, ConfigError> {
+        let (scheme, path) = match (scheme, secrets_file) {
+            (None, None) => {
+                return match header {
+                    None => Ok(None),
+                    Some(_) => Err(ConfigError::Incomplete(
+                        "--signature-header is set but --signature-scheme is not: \
+                         --signature-header is for --signature-scheme hmac-sha256"
+                            .to_owned(),
+                    )),
+                };
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Incomplete(
+                    "--signing-secrets-file is set but --signature-scheme is not: set both, \
+                     or neither to turn signatures off"
+                        .to_owned(),
+                ));
+            }
+            (Some(scheme), None) => {
+                return Err(ConfigError::Incomplete(format!(
+                    "--signature-scheme {} needs --signing-secrets-file",
+                    scheme.name()
+                )));
+            }
+            (Some(scheme), Some(path)) => (scheme, path),
+        };
+        let header = header_name(scheme, header)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -109,12 +171,15 @@ impl Verifier {
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .collect();
-        Verifier::new(scheme, &secrets, header).map_err(|e| match e {
-            ConfigError::Invalid(message) => {
-                ConfigError::Invalid(format!("{message} (in {})", path.display()))
-            }
-            other => other,
-        })
+        let keys = decode_keys(scheme, &secrets).map_err(|message| ConfigError::SecretsFile {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(Some(Verifier {
+            scheme,
+            header,
+            keys,
+        }))
     }
 
     /// Builds a verifier from secrets given directly.
@@ -123,41 +188,8 @@ impl Verifier {
         secrets: &[&str],
         header: Option<&str>,
     ) -> Result<Verifier, ConfigError> {
-        if secrets.is_empty() {
-            return Err(ConfigError::Invalid(
-                "the signing secrets file holds no secret".to_owned(),
-            ));
-        }
-        let keys = secrets
-            .iter()
-            .map(|secret| match scheme {
-                Scheme::StandardWebhooks => secret
-                    .strip_prefix(STANDARD_SECRET_PREFIX)
-                    .and_then(|b64| BASE64.decode(b64).ok())
-                    .filter(|key| !key.is_empty())
-                    .ok_or_else(|| {
-                        ConfigError::Invalid(
-                            "a standard-webhooks secret must look like whsec_<base64>".to_owned(),
-                        )
-                    }),
-                Scheme::Stripe | Scheme::HmacSha256 => Ok(secret.as_bytes().to_vec()),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let header = match (scheme, header) {
-            (Scheme::HmacSha256, Some(name)) => Some(
-                hyper::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    ConfigError::Invalid(format!(
-                        "--signature-header {name:?} is not a header name"
-                    ))
-                })?,
-            ),
-            (Scheme::HmacSha256, None) => {
-                return Err(ConfigError::Invalid(
-                    "--signature-scheme hmac-sha256 needs --signature-header".to_owned(),
-                ));
-            }
-            _ => None,
-        };
+        let header = header_name(scheme, header)?;
+        let keys = decode_keys(scheme, secrets).map_err(ConfigError::Secret)?;
         Ok(Verifier {
             scheme,
             header,
@@ -175,72 +207,157 @@ impl Verifier {
                     .header
                     .as_ref()
                     .expect("hmac-sha256 always has a header");
-                let signature = header_text(headers, name.as_str())?;
-                let signature = hex::decode(signature.trim())
-                    .map_err(|_| Rejection("the signature is not hex"))?;
-                self.any_key_matches(&[body], &signature)
+                let signature = header_text(headers, name.as_str())?.trim();
+                let tags = self.tags(&[body]);
+                if signature.len() == 2 * TAG_LEN
+                    && let Ok(signature) = hex::decode(signature)
+                    && matches_any(&tags, &signature)
+                {
+                    return Ok(());
+                }
+                Err(Rejection("the signature does not match"))
             }
         }
     }
 
     fn verify_standard(&self, headers: &HeaderMap, body: &[u8], now: u64) -> Result<(), Rejection> {
-        let id = header_text(headers, "webhook-id")?;
-        let timestamp = header_text(headers, "webhook-timestamp")?;
+        let [id_name, timestamp_name, signature_name] = standard_header_names(headers);
+        let id = header_text(headers, id_name)?;
+        let timestamp = header_text(headers, timestamp_name)?;
         check_timestamp(timestamp, now)?;
-        let signatures = header_text(headers, "webhook-signature")?;
-        let signed = [id.as_bytes(), b".", timestamp.as_bytes(), b".", body];
-        for entry in signatures.split_whitespace() {
-            let Some(encoded) = entry.strip_prefix("v1,") else {
-                continue;
-            };
-            if let Ok(signature) = BASE64.decode(encoded)
-                && self.any_key_matches(&signed, &signature).is_ok()
-            {
-                return Ok(());
-            }
+        let candidates: Vec<&str> = header_text(headers, signature_name)?
+            .split_whitespace()
+            .filter_map(|entry| entry.strip_prefix("v1,"))
+            .collect();
+        check_count(candidates.len())?;
+        let tags = self.tags(&[id.as_bytes(), b".", timestamp.as_bytes(), b".", body]);
+        // 32 bytes are 44 base64 characters.
+        let matched = candidates.iter().any(|encoded| {
+            encoded.len() == TAG_LEN.div_ceil(3) * 4
+                && BASE64
+                    .decode(encoded)
+                    .is_ok_and(|signature| matches_any(&tags, &signature))
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(Rejection("no v1 signature matches"))
         }
-        Err(Rejection("no webhook-signature entry matches"))
     }
 
     fn verify_stripe(&self, headers: &HeaderMap, body: &[u8], now: u64) -> Result<(), Rejection> {
         let header = header_text(headers, "stripe-signature")?;
         let mut timestamp = None;
-        let mut signatures = Vec::new();
+        let mut candidates = Vec::new();
         for part in header.split(',') {
             match part.trim().split_once('=') {
                 Some(("t", t)) => timestamp = Some(t),
-                Some(("v1", v)) => signatures.push(v),
+                Some(("v1", v)) => candidates.push(v),
                 _ => {}
             }
         }
         let timestamp = timestamp.ok_or(Rejection("Stripe-Signature has no t="))?;
         check_timestamp(timestamp, now)?;
-        let signed = [timestamp.as_bytes(), b".", body];
-        for encoded in signatures {
-            if let Ok(signature) = hex::decode(encoded)
-                && self.any_key_matches(&signed, &signature).is_ok()
-            {
-                return Ok(());
-            }
-        }
-        Err(Rejection("no Stripe-Signature v1 entry matches"))
-    }
-
-    /// Constant-time: each key's MAC is compared with `verify_slice`.
-    fn any_key_matches(&self, parts: &[&[u8]], signature: &[u8]) -> Result<(), Rejection> {
-        let matched = self.keys.iter().any(|key| {
-            let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
-            for part in parts {
-                mac.update(part);
-            }
-            mac.verify_slice(signature).is_ok()
+        check_count(candidates.len())?;
+        let tags = self.tags(&[timestamp.as_bytes(), b".", body]);
+        let matched = candidates.iter().any(|encoded| {
+            encoded.len() == 2 * TAG_LEN
+                && hex::decode(encoded).is_ok_and(|signature| matches_any(&tags, &signature))
         });
         if matched {
             Ok(())
         } else {
-            Err(Rejection("the signature does not match"))
+            Err(Rejection("no Stripe-Signature v1 entry matches"))
         }
     }
+
+    /// Each key's MAC of the concatenated `parts`, computed once per request.
+    fn tags(&self, parts: &[&[u8]]) -> Vec<CtOutput<HmacSha256>> {
+        self.keys
+            .iter()
+            .map(|key| {
+                let mut mac =
+                    HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+                for part in parts {
+                    mac.update(part);
+                }
+                mac.finalize()
+            })
+            .collect()
+    }
+}
+
+/// Whether `signature` equals one of `tags`; each comparison is
+/// constant-time (`CtOutput`'s `==`), and a wrong length matches nothing.
+fn matches_any(tags: &[CtOutput<HmacSha256>], signature: &[u8]) -> bool {
+    if signature.len() != TAG_LEN {
+        return false;
+    }
+    let candidate = CtOutput::<HmacSha256>::new(Output::<HmacSha256>::clone_from_slice(signature));
+    // `contains` compares with `CtOutput`'s `==`, which is constant-time.
+    tags.contains(&candidate)
+}
+
+/// The `--signature-header` for `scheme`: required by `hmac-sha256`,
+/// refused with the others.
+fn header_name(
+    scheme: Scheme,
+    header: Option<&str>,
+) -> Result<Option<hyper::header::HeaderName>, ConfigError> {
+    match (scheme, header) {
+        (Scheme::HmacSha256, Some(name)) => hyper::header::HeaderName::from_bytes(name.as_bytes())
+            .map(Some)
+            .map_err(|_| ConfigError::HeaderName(name.to_owned())),
+        (Scheme::HmacSha256, None) => Err(ConfigError::Incomplete(
+            "--signature-scheme hmac-sha256 needs --signature-header".to_owned(),
+        )),
+        (_, Some(_)) => Err(ConfigError::Incomplete(format!(
+            "--signature-header is only for --signature-scheme hmac-sha256, not {}",
+            scheme.name()
+        ))),
+        (_, None) => Ok(None),
+    }
+}
+
+/// The secrets as HMAC keys: `whsec_<base64>` decoded for standard-webhooks,
+/// the raw bytes otherwise.
+fn decode_keys(scheme: Scheme, secrets: &[&str]) -> Result<Vec<Vec<u8>>, &'static str> {
+    if secrets.is_empty() {
+        return Err("holds no secret");
+    }
+    secrets
+        .iter()
+        .map(|secret| match scheme {
+            Scheme::StandardWebhooks => secret
+                .strip_prefix(STANDARD_SECRET_PREFIX)
+                .and_then(|b64| BASE64.decode(b64).ok())
+                .filter(|key| !key.is_empty())
+                .ok_or("a standard-webhooks secret must look like whsec_<base64>"),
+            Scheme::Stripe | Scheme::HmacSha256 => Ok(secret.as_bytes().to_vec()),
+        })
+        .collect()
+}
+
+/// The header set this request uses: `webhook-*` if it has any of them,
+/// else `svix-*`.
+fn standard_header_names(headers: &HeaderMap) -> [&'static str; 3] {
+    let [standard, svix] = STANDARD_HEADER_SETS;
+    if standard.iter().any(|name| headers.contains_key(*name)) {
+        standard
+    } else if svix.iter().any(|name| headers.contains_key(*name)) {
+        svix
+    } else {
+        standard
+    }
+}
+
+fn check_count(candidates: usize) -> Result<(), Rejection> {
+    if candidates > MAX_SIGNATURES {
+        return Err(Rejection(
+            "more than 16 v1 signatures in one request; at most 16 are checked",
+        ));
+    }
+    Ok(())
 }
 
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Rejection> {
@@ -329,6 +446,109 @@ mod tests {
         assert!(other.verify(&good, STANDARD_BODY, 1_649_367_553).is_err());
     }
 
+    fn svix_headers(signature: &str) -> HeaderMap {
+        headers(&[
+            ("svix-id", "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk"),
+            ("svix-timestamp", "1649367553"),
+            ("svix-signature", signature),
+        ])
+    }
+
+    const STANDARD_GOOD: &str = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+
+    #[test]
+    fn svix_header_names_verify_too() {
+        let verifier = Verifier::new(Scheme::StandardWebhooks, &[STANDARD_SECRET], None).unwrap();
+        assert_eq!(
+            verifier.verify(&svix_headers(STANDARD_GOOD), STANDARD_BODY, 1_649_367_553),
+            Ok(())
+        );
+        let tampered = br#"{"email":"test@example.com","username":"test_usex"}"#;
+        assert!(
+            verifier
+                .verify(&svix_headers(STANDARD_GOOD), tampered, 1_649_367_553)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_request_with_both_header_sets_is_checked_by_the_webhook_set() {
+        let verifier = Verifier::new(Scheme::StandardWebhooks, &[STANDARD_SECRET], None).unwrap();
+        let mut both = svix_headers("v1,AAAA");
+        both.extend(standard_headers(STANDARD_GOOD));
+        assert_eq!(verifier.verify(&both, STANDARD_BODY, 1_649_367_553), Ok(()));
+        let mut both = svix_headers(STANDARD_GOOD);
+        both.extend(standard_headers("v1,AAAA"));
+        assert!(
+            verifier
+                .verify(&both, STANDARD_BODY, 1_649_367_553)
+                .is_err()
+        );
+        // The sets are not mixed: one webhook-* header makes the request use
+        // webhook-*, and the others are then missing.
+        let mut mixed = svix_headers(STANDARD_GOOD);
+        mixed.insert(
+            "webhook-id",
+            HeaderValue::from_static("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk"),
+        );
+        assert_eq!(
+            verifier.verify(&mixed, STANDARD_BODY, 1_649_367_553),
+            Err(Rejection("a signature header is missing"))
+        );
+    }
+
+    #[test]
+    fn more_signatures_than_the_cap_are_refused_before_any_mac() {
+        let verifier = Verifier::new(Scheme::StandardWebhooks, &[STANDARD_SECRET], None).unwrap();
+        let at_cap = format!("{}{STANDARD_GOOD}", "v1,AAAA ".repeat(MAX_SIGNATURES - 1));
+        assert_eq!(
+            verifier.verify(&standard_headers(&at_cap), STANDARD_BODY, 1_649_367_553),
+            Ok(())
+        );
+        let over = format!("{}{STANDARD_GOOD}", "v1,AAAA ".repeat(MAX_SIGNATURES));
+        let refused = verifier
+            .verify(&standard_headers(&over), STANDARD_BODY, 1_649_367_553)
+            .unwrap_err();
+        assert!(
+            refused.0.contains(&format!("more than {MAX_SIGNATURES}")),
+            "{refused}"
+        );
+        // Entries of other versions are not candidates and do not count.
+        let others = format!("{}{STANDARD_GOOD}", "v1a,AAAA ".repeat(MAX_SIGNATURES));
+        assert_eq!(
+            verifier.verify(&standard_headers(&others), STANDARD_BODY, 1_649_367_553),
+            Ok(())
+        );
+        let stripe = Verifier::new(Scheme::Stripe, &["s"], None).unwrap();
+        let header = format!("t=1700000000{}", ",v1=".repeat(MAX_SIGNATURES + 1));
+        let refused = stripe
+            .verify(
+                &headers(&[("stripe-signature", &header)]),
+                b"{}",
+                1_700_000_000,
+            )
+            .unwrap_err();
+        assert!(refused.0.contains("more than"), "{refused}");
+    }
+
+    #[test]
+    fn signatures_of_the_wrong_length_never_match() {
+        let verifier = Verifier::new(Scheme::StandardWebhooks, &[STANDARD_SECRET], None).unwrap();
+        // The right tag with a byte more or less, still valid base64.
+        let tag = BASE64.decode(&STANDARD_GOOD[3..]).unwrap();
+        for wrong in [&tag[..31], &[&tag[..], &[0]].concat()[..]] {
+            let entry = format!("v1,{}", BASE64.encode(wrong));
+            assert!(
+                verifier
+                    .verify(&standard_headers(&entry), STANDARD_BODY, 1_649_367_553)
+                    .is_err()
+            );
+        }
+        let tags = verifier.tags(&[b"x"]);
+        assert!(!matches_any(&tags, &[]));
+        assert!(matches_any(&tags, &tags[0].clone().into_bytes()));
+    }
+
     #[test]
     fn a_second_secret_allows_rotation() {
         let verifier = Verifier::new(
@@ -372,6 +592,45 @@ mod tests {
         assert_eq!(verifier.verify(&map, body, 0), Ok(()));
         assert!(verifier.verify(&map, b"{\"a\":2}", 0).is_err());
         assert!(Verifier::new(Scheme::HmacSha256, &["razor"], None).is_err());
+    }
+
+    #[test]
+    fn half_configurations_are_refused_naming_both_flags() {
+        let file = Path::new("/nonexistent/secrets");
+        let refused = |scheme, file, header| {
+            Verifier::from_config(scheme, file, header)
+                .unwrap_err()
+                .to_string()
+        };
+        for (message, flags) in [
+            (
+                refused(None, Some(file), None),
+                ["--signing-secrets-file", "--signature-scheme"],
+            ),
+            (
+                refused(Some(Scheme::Stripe), None, None),
+                ["--signature-scheme", "--signing-secrets-file"],
+            ),
+            (
+                refused(Some(Scheme::HmacSha256), Some(file), None),
+                ["--signature-scheme hmac-sha256", "--signature-header"],
+            ),
+            (
+                refused(Some(Scheme::Stripe), Some(file), Some("X-Sig")),
+                ["--signature-header", "--signature-scheme hmac-sha256"],
+            ),
+            (
+                refused(None, None, Some("X-Sig")),
+                ["--signature-header", "--signature-scheme"],
+            ),
+        ] {
+            for flag in flags {
+                assert!(message.contains(flag), "{message} should name {flag}");
+            }
+            // Refused on the flags alone: the file was never read.
+            assert!(!message.contains("cannot read"), "{message}");
+        }
+        assert!(Verifier::from_config(None, None, None).unwrap().is_none());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Signature verification through the real binary: off by default; when a
 //! scheme and secrets are configured, a POST without a valid signature is
-//! 401 `invalid_signature` and nothing is stored.
+//! 401 `invalid_signature` and nothing is stored. Standard Webhooks requests
+//! are also signed by the real `svix` and `standardwebhooks` Python
+//! libraries (`tests/clients/install.sh` installs them; `.ci/run` does).
 
 mod common;
 
@@ -9,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::{
-    Daemon, assert_one_line_failure, get_transaction, payload, post, send_raw, start_expecting_exit,
+    Daemon, assert_one_line_failure, get_transaction, payload, post, send_raw,
+    start_expecting_exit, tool_or_skip,
 };
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -200,8 +203,9 @@ fn unusable_signature_settings_are_one_line_and_touch_nothing() {
             "no-such-file",
         ),
     ] {
+        // A configuration error: exit 2, which the unit does not restart.
         let (code, stderr) = start_expecting_exit(std::path::Path::new(data), &args);
-        let line = assert_one_line_failure(code, &stderr, 1);
+        let line = assert_one_line_failure(code, &stderr, 2);
         assert!(line.contains(mentions), "{args:?}: {line}");
         assert!(
             !line.contains("not-a-whsec-secret"),
@@ -212,4 +216,209 @@ fn unusable_signature_settings_are_one_line_and_touch_nothing() {
         !std::path::Path::new(data).exists(),
         "the data dir was touched"
     );
+}
+
+/// Headers for a standard-webhooks request under the `svix-*` names or the
+/// `webhook-*` ones.
+fn standard_set(prefix: &str, id: &str, timestamp: &str, signature: &str) -> String {
+    format!(
+        "{prefix}-id: {id}\r\n{prefix}-timestamp: {timestamp}\r\n{prefix}-signature: {signature}\r\n"
+    )
+}
+
+fn standard_daemon(dir: &std::path::Path) -> Daemon {
+    let secrets = secrets_file(dir, &format!("{STANDARD_SECRET}\n"));
+    Daemon::start(
+        &dir.join("data"),
+        &[
+            "--signature-scheme",
+            "standard-webhooks",
+            "--signing-secrets-file",
+            &secrets,
+        ],
+    )
+}
+
+#[test]
+fn svix_header_names_are_accepted_and_one_request_uses_one_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = standard_daemon(dir.path());
+    let addr = daemon.addr;
+    let key = BASE64.decode(&STANDARD_SECRET["whsec_".len()..]).unwrap();
+    let sign = |id: &str, t: &str, body: &str| {
+        format!(
+            "v1,{}",
+            BASE64.encode(mac(
+                &key,
+                &[id.as_bytes(), b".", t.as_bytes(), b".", body.as_bytes()]
+            ))
+        )
+    };
+    let t = now().to_string();
+
+    let body = payload("txn_svix", "1");
+    let headers = standard_set("svix", "msg_1", &t, &sign("msg_1", &t, &body));
+    let response = signed_post(addr, &body, &headers);
+    assert_eq!(response.status, 202, "{}", response.body);
+
+    // Both sets: the webhook-* set decides.
+    let body = payload("txn_both_good", "1");
+    let headers = standard_set("svix", "msg_2", &t, "v1,AAAA")
+        + &standard_set("webhook", "msg_2", &t, &sign("msg_2", &t, &body));
+    let response = signed_post(addr, &body, &headers);
+    assert_eq!(response.status, 202, "{}", response.body);
+    let body = payload("txn_both_bad", "1");
+    let headers = standard_set("svix", "msg_3", &t, &sign("msg_3", &t, &body))
+        + &standard_set("webhook", "msg_3", &t, "v1,AAAA");
+    signed_post(addr, &body, &headers).assert_error(401, "invalid_signature");
+
+    // The sets are never mixed: with a webhook-id, the svix-* signature is not read.
+    let body = payload("txn_mixed", "1");
+    let headers = format!(
+        "webhook-id: msg_4\r\nsvix-timestamp: {t}\r\nsvix-signature: {}\r\n",
+        sign("msg_4", &t, &body)
+    );
+    signed_post(addr, &body, &headers).assert_error(401, "invalid_signature");
+
+    for id in ["txn_both_bad", "txn_mixed"] {
+        get_transaction(addr, id).assert_error(404, "not_found");
+    }
+    for id in ["txn_svix", "txn_both_good"] {
+        assert_eq!(get_transaction(addr, id).status, 200, "{id}");
+    }
+}
+
+fn python_clients_available() -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", "import svix, standardwebhooks"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Signs `body` with the real Python `library`; returns (id, timestamp, signature).
+fn sign_with_python(library: &str, id: &str, body: &str) -> (String, String, String) {
+    use std::io::Write as _;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/sign_standard_webhooks.py"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args([script, library, STANDARD_SECRET, id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{library} could not sign: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let signed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let field = |name: &str| signed[name].as_str().unwrap().to_owned();
+    (field("id"), field("timestamp"), field("signature"))
+}
+
+#[test]
+fn requests_signed_by_the_svix_and_standardwebhooks_libraries_are_accepted() {
+    if !tool_or_skip(
+        "signatures::requests_signed_by_the_svix_and_standardwebhooks_libraries_are_accepted",
+        python_clients_available(),
+        "python3 with the svix and standardwebhooks packages (tests/clients/install.sh)",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = standard_daemon(dir.path());
+    let addr = daemon.addr;
+    for library in ["svix", "standardwebhooks"] {
+        // Svix sends svix-* headers by default; the standard names webhook-*.
+        for prefix in ["svix", "webhook"] {
+            let txn = format!("txn_{library}_{prefix}");
+            let body = payload(&txn, "12.50");
+            let (id, timestamp, signature) =
+                sign_with_python(library, &format!("msg_{txn}"), &body);
+            let response = signed_post(
+                addr,
+                &body,
+                &standard_set(prefix, &id, &timestamp, &signature),
+            );
+            assert_eq!(
+                response.status, 202,
+                "{library}, {prefix}-*: {}",
+                response.body
+            );
+            assert_eq!(get_transaction(addr, &txn).status, 200);
+            // The library's signature is for this body only.
+            let other = payload(&format!("{txn}_tampered"), "12.50");
+            signed_post(
+                addr,
+                &other,
+                &standard_set(prefix, &id, &timestamp, &signature),
+            )
+            .assert_error(401, "invalid_signature");
+        }
+    }
+}
+
+/// A 64 KiB body (the default `--max-body-bytes`).
+fn body_of_64_kib() -> String {
+    let body = format!("{{\"x\":\"{}\"}}", "a".repeat(65536 - 8));
+    assert_eq!(body.len(), 65536);
+    body
+}
+
+#[test]
+fn thousands_of_signature_entries_are_refused_at_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = standard_daemon(dir.path());
+    let addr = daemon.addr;
+    let body = body_of_64_kib();
+    let t = now().to_string();
+    // 4,000 empty entries: each used to cost an HMAC over the whole body.
+    let attack = vec!["v1,"; 4000].join(" ");
+    let response = signed_post(addr, &body, &standard_set("webhook", "msg_1", &t, &attack));
+    let error = response.assert_error(401, "invalid_signature");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("more than 16"), "{message}");
+
+    // Up to the cap, a matching entry after 15 others is found.
+    let key = BASE64.decode(&STANDARD_SECRET["whsec_".len()..]).unwrap();
+    let good = payload("txn_at_cap", "1");
+    let signature = BASE64.encode(mac(&key, &[b"msg_2.", t.as_bytes(), b".", good.as_bytes()]));
+    let entries = format!("{}v1,{signature}", "v1, ".repeat(15));
+    let response = signed_post(addr, &good, &standard_set("webhook", "msg_2", &t, &entries));
+    assert_eq!(response.status, 202, "{}", response.body);
+    // One more entry is over the cap, even with the matching one among them.
+    let over = payload("txn_over_cap", "1");
+    let signature = BASE64.encode(mac(&key, &[b"msg_3.", t.as_bytes(), b".", over.as_bytes()]));
+    let entries = format!("{}v1,{signature}", "v1, ".repeat(16));
+    signed_post(addr, &over, &standard_set("webhook", "msg_3", &t, &entries))
+        .assert_error(401, "invalid_signature");
+    get_transaction(addr, "txn_over_cap").assert_error(404, "not_found");
+
+    // Stripe's header the same way.
+    let secrets = secrets_file(dir.path(), "stripe_secret\n");
+    let stripe = Daemon::start(
+        &dir.path().join("stripe"),
+        &[
+            "--signature-scheme",
+            "stripe",
+            "--signing-secrets-file",
+            &secrets,
+        ],
+    );
+    let header = format!("Stripe-Signature: t={t}{}\r\n", ",v1=".repeat(4000));
+    let error = signed_post(stripe.addr, &body, &header).assert_error(401, "invalid_signature");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("more than 16"), "{message}");
 }

@@ -19,5 +19,7 @@ if [ "$1" -eq 1 ]; then
     systemctl --no-reload enable webhookd.service >/dev/null 2>&1 || :
     if [ -d /run/systemd/system ]; then
         systemctl start webhookd.service >/dev/null 2>&1 || :
+    else
+        echo "webhookd: systemd is not running, so webhookd.service was not started; it is enabled and starts at the next boot with systemd." >&2
     fi
 fi

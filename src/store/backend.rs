@@ -57,13 +57,17 @@ pub struct FileOpener;
 
 impl StorageOpener for FileOpener {
     fn open(&self, path: &Path, access: Access) -> io::Result<Box<dyn StorageBackend>> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let file = match access {
             Access::ReadOnly => OpenOptions::new().read(true).open(path)?,
+            // Payment data: a new file is readable by its owner only,
+            // whatever the umask.
             Access::ReadWrite => OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(0o600)
                 .open(path)?,
         };
         Ok(Box::new(FileBackend::new(file).map_err(io::Error::other)?))

@@ -364,10 +364,17 @@ impl Store {
     /// check, then one read-write storage kept for the store's lifetime
     /// (every reopen after a storage error uses it again).
     pub fn open_with(data_dir: &Path, opener: &dyn StorageOpener) -> Result<Store, OpenError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        use std::os::unix::fs::DirBuilderExt as _;
+        // Created for its owner only, whatever the umask; an existing
+        // directory keeps the mode it has.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|source| OpenError::DataDir {
+                path: data_dir.to_owned(),
+                source,
+            })?;
         let path = data_dir.join(DB_FILE_NAME);
         let database_error = |source: redb::Error| match source {
             redb::Error::DatabaseAlreadyOpen => OpenError::InUse {

@@ -39,7 +39,7 @@ use super::{
     BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, ROWS_UPTO_KEY, Store,
     StoreError, encoding, first_log_key_at, ids, next_log_key, status_key,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WebhookOutcome};
 use crate::model::{NewTransaction, Status};
 
 /// Most commands applied in one write transaction. Bounds the time one
@@ -422,6 +422,12 @@ impl Writer {
                     }
                     self.metrics.processed(applied.processed);
                     self.metrics.purged(applied.purged);
+                    // Counted at the commit, not on the way out of the
+                    // response: a webhook stays accepted if its client
+                    // is gone before the answer.
+                    for _ in 0..applied.created {
+                        self.metrics.webhook(WebhookOutcome::Accepted);
+                    }
                     for (command, outcome) in batch.drain(..).zip(applied.outcomes) {
                         answer(command, outcome);
                     }

@@ -706,3 +706,21 @@ pub fn is_root() -> bool {
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
+
+/// Whether a test that needs `what` (a tool or package this machine lacks)
+/// can go on: under `CI=true` it fails naming what is missing and how to
+/// get it; elsewhere it prints `SKIPPED` straight to the terminal (past the
+/// test harness's capture, so the run shows it) and returns `false`, and
+/// the test returns.
+#[track_caller]
+pub fn tool_or_skip(test: &str, available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs {what}, which is missing on this CI machine"
+    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs {what}");
+    false
+}

@@ -1,0 +1,238 @@
+//! One client connection, before and under hyper.
+//!
+//! - A client that opens with the HTTP/2 connection preface (h2c with
+//!   prior knowledge, `curl --http2-prior-knowledge`) is refused the way
+//!   HTTP/2 says to: a `GOAWAY` frame with the error `HTTP_1_1_REQUIRED`,
+//!   then a clean close. webhookd serves HTTP/1.1 only; its limits and
+//!   timeouts are HTTP/1.1's.
+//! - [`ClientIo`] closes a connection whose answers the client has not
+//!   read for `--write-timeout`: a client that pipelines requests and never
+//!   reads would otherwise hold its connection slot, and the memory of its
+//!   answers, for ever.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Sleep;
+
+/// The first bytes an HTTP/2 client with prior knowledge sends.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The first read of a connection: enough to tell HTTP/2 from HTTP/1.1,
+/// and usually a whole webhook, which hyper then takes from this buffer.
+const FIRST_READ_BYTES: usize = 1024;
+
+/// An empty SETTINGS frame (HTTP/2 requires one first), then a GOAWAY with
+/// last stream 0 (no request was processed), error `HTTP_1_1_REQUIRED`
+/// (0xd) and the debug text "HTTP/1.1 only".
+const H2_REFUSAL: &[u8] = b"\
+    \0\0\0\x04\0\0\0\0\0\
+    \0\0\x15\x07\0\0\0\0\0\
+    \0\0\0\0\
+    \0\0\0\x0d\
+    HTTP/1.1 only";
+
+/// How long a refused HTTP/2 client has to read the GOAWAY before the
+/// connection is closed; what it sends meanwhile is read and dropped (up
+/// to [`REFUSAL_DRAIN_BYTES`]), so the close is a FIN, not a reset that
+/// could destroy the GOAWAY before the client reads it.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes read and dropped from a refused HTTP/2 client.
+const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
+
+/// Reads a new connection's first bytes and returns the connection for
+/// hyper, with those bytes to be read again; `None` if the client sent
+/// nothing within `head_timeout`, the server is shutting down, or it spoke
+/// HTTP/2 and was refused.
+///
+/// A client that sends a prefix of the HTTP/2 preface and then something
+/// else gets `head_timeout` here and again from hyper for its head: still
+/// bounded.
+pub(super) async fn open(
+    mut stream: TcpStream,
+    head_timeout: Duration,
+    write_timeout: Duration,
+    mut closing: watch::Receiver<bool>,
+) -> Option<ClientIo> {
+    let mut first = vec![0; FIRST_READ_BYTES];
+    let mut filled = 0;
+    let sniff = async {
+        loop {
+            let n = stream.read(&mut first[filled..]).await?;
+            filled += n;
+            let seen = filled.min(H2_PREFACE.len());
+            if n == 0 || first[..seen] != H2_PREFACE[..seen] {
+                return Ok(false);
+            }
+            if seen == H2_PREFACE.len() {
+                return Ok(true);
+            }
+        }
+    };
+    let is_h2 = tokio::select! {
+        sniffed = tokio::time::timeout(head_timeout, sniff) => match sniffed {
+            Ok(Ok(is_h2)) => is_h2,
+            Ok(Err::<_, io::Error>(_)) | Err(_) => return None,
+        },
+        _ = closing.wait_for(|closing| *closing) => return None,
+    };
+    if is_h2 {
+        refuse_h2(stream).await;
+        return None;
+    }
+    first.truncate(filled);
+    Some(ClientIo {
+        stream,
+        replay: first,
+        replayed: 0,
+        write_timeout,
+        stalled: None,
+    })
+}
+
+/// Sends the refusal and closes cleanly (see [`REFUSAL_LINGER`]).
+async fn refuse_h2(mut stream: TcpStream) {
+    tracing::debug!("refused an HTTP/2 connection: only HTTP/1.1 is served");
+    let linger = async {
+        stream.write_all(H2_REFUSAL).await?;
+        stream.shutdown().await?;
+        let mut sink = [0; 4096];
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN_BYTES {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<_, io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
+}
+
+/// A client's TCP stream as hyper reads and writes it: first the bytes
+/// [`open`] read, then the stream; a write that cannot make progress for
+/// `write_timeout` fails with `TimedOut`, which ends the connection.
+pub(super) struct ClientIo {
+    stream: TcpStream,
+    replay: Vec<u8>,
+    replayed: usize,
+    write_timeout: Duration,
+    /// Started when a write could not proceed; cleared by any progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl ClientIo {
+    /// After a write returned `Pending`: `Pending` while the deadline has
+    /// not passed (the timer wakes the task when it does), else the error.
+    fn stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let write_timeout = self.write_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(write_timeout)));
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read its answers within --write-timeout",
+            )),
+        }
+    }
+
+    fn progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Pending => self.stall(cx).map(Err),
+            ready @ Poll::Ready(_) => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.replayed < this.replay.len() {
+            let rest = &this.replay[this.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.replayed += n;
+            if this.replayed == this.replay.len() {
+                this.replay = Vec::new();
+                this.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write(cx, data);
+        this.progress(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, data);
+        this.progress(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        this.progress(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_shutdown(cx);
+        this.progress(cx, poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_settings_frame_then_a_goaway_with_http_1_1_required() {
+        let (settings, goaway) = H2_REFUSAL.split_at(9);
+        assert_eq!(settings[3], 0x4, "SETTINGS");
+        assert_eq!(&settings[..3], &[0, 0, 0], "empty");
+        let length = usize::from(goaway[2]);
+        assert_eq!(goaway[3], 0x7, "GOAWAY");
+        assert_eq!(goaway.len(), 9 + length);
+        assert_eq!(&goaway[9..13], &[0, 0, 0, 0], "last stream");
+        assert_eq!(&goaway[13..17], &[0, 0, 0, 0xd], "HTTP_1_1_REQUIRED");
+        assert_eq!(&goaway[17..], b"HTTP/1.1 only");
+    }
+}

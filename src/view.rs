@@ -1,0 +1,68 @@
+//! How a stored transaction is shown to people and programs: the JSON of
+//! `GET /v1/transactions/{id}` (also printed by `webhookd inspect` and
+//! `webhookd export`) and the format of every timestamp webhookd writes.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::model::{self, Record};
+
+/// The fields of a transaction as the API shows them, in this order.
+#[derive(Serialize)]
+pub struct TransactionView<'a> {
+    /// The sender's id.
+    pub transaction_id: &'a str,
+    /// Paying account.
+    pub source_account: &'a str,
+    /// Receiving account.
+    pub destination_account: &'a str,
+    /// The exact decimal amount, as a JSON number.
+    pub amount: &'a RawValue,
+    /// Three upper-case letters.
+    pub currency: &'a str,
+    /// `PROCESSING` or `PROCESSED`.
+    pub status: &'static str,
+    /// When the transaction was accepted ([`format_time`]).
+    pub created_at: String,
+    /// When it was processed; `null` until then.
+    pub processed_at: Option<String>,
+}
+
+/// A stored transaction as `GET /v1/transactions/{id}` answers it.
+#[must_use]
+pub fn transaction_json(record: &Record) -> Vec<u8> {
+    let tx = &record.transaction;
+    // Invariant: a formatted Decimal is a valid JSON number (digits, at most
+    // one '.', no exponent, positive).
+    let amount = RawValue::from_string(model::format_amount(tx.amount))
+        .expect("a formatted decimal is a JSON number");
+    serde_json::to_vec(&TransactionView {
+        transaction_id: &tx.transaction_id,
+        source_account: &tx.source_account,
+        destination_account: &tx.destination_account,
+        amount: &amount,
+        currency: tx.currency.as_str(),
+        status: record.status.as_str(),
+        created_at: format_time(record.created_at_ms),
+        processed_at: record.processed_at_ms.map(format_time),
+    })
+    .expect("a transaction view always serialises")
+}
+
+/// RFC 3339 in UTC with millisecond precision and a `Z` suffix.
+#[must_use]
+pub fn format_time(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc_with_z() {
+        assert_eq!(format_time(1_764_000_000_123), "2025-11-24T16:00:00.123Z");
+    }
+}
