@@ -1,5 +1,6 @@
 //! Marks the integration tests that need something this machine lacks
-//! (root to mount a tmpfs, `setpriv`, `strace`; see
+//! (root to mount a tmpfs, `setpriv`, `strace`, `promtool`, Prometheus,
+//! `curl`, the Python webhook libraries; see
 //! `tests/common/requirements.rs`) as ignored, by setting a `cfg` per
 //! missing requirement that those tests turn into
 //! `#[ignore = "reason"]`: `cargo test` then lists them as ignored instead
@@ -18,9 +19,14 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=tests/common/requirements.rs");
     println!("cargo::rerun-if-env-changed=CI");
-    // Installing strace or util-linux adds to these.
+    // Installing a tool adds to /usr/bin; pip installs the Python clients
+    // into python3's package dir.
     println!("cargo::rerun-if-changed=/usr/bin");
-    println!("cargo::rerun-if-changed=/usr/sbin");
+    if let Some(dir) = requirements::python_packages_dir()
+        && std::path::Path::new(&dir).is_dir()
+    {
+        println!("cargo::rerun-if-changed={dir}");
+    }
     if requirements::in_ci(std::env::var("CI").ok().as_deref()) {
         return;
     }

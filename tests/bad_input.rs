@@ -275,7 +275,7 @@ fn a_full_writer_queue_answers_503_with_retry_after_and_stores_nothing() {
     ignore = "needs root (CAP_SYS_ADMIN) to mount a tmpfs; never ignored under CI=true"
 )]
 fn a_full_disk_answers_503_says_unhealthy_and_recovers_without_a_restart() {
-    let mount = common::Tmpfs::mount("size=1m");
+    let mount = common::Tmpfs::mounted("size=1m");
     let daemon = Daemon::start(mount.path(), &[]);
     // Big (but valid) fields fill the 1 MiB quickly: ~750 bytes a record.
     let pad = "p".repeat(240);

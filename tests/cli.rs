@@ -249,7 +249,7 @@ fn an_empty_database_file_left_by_a_crash_at_first_start_becomes_a_new_database(
     ignore = "needs root (CAP_SYS_ADMIN) to mount a tmpfs; never ignored under CI=true"
 )]
 fn a_data_dir_that_cannot_be_written_is_one_line_naming_it() {
-    let mount = common::Tmpfs::mount("ro,size=1m");
+    let mount = common::Tmpfs::mounted("ro,size=1m");
     let sub = mount.path().join("sub");
     let results: Vec<_> = [mount.path(), sub.as_path()]
         .iter()

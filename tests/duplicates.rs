@@ -229,6 +229,7 @@ impl StorageOpener for GatedOpener {
 /// `webhookd_commit_batch_size` histogram.
 fn commits_over_32_commands(metrics: &Metrics, store: &Store) -> u64 {
     let text = metrics.render(
+        webhookd::metrics::Format::OpenMetrics,
         &store.job_stats(writer::now_ms()).unwrap(),
         writer::now_ms(),
         0,

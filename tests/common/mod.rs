@@ -649,19 +649,22 @@ impl Tmpfs {
     /// the test, naming what is missing, where this machine does not allow
     /// it (see [`requirements::Need::TmpfsMount`]).
     #[track_caller]
-    pub fn mount(options: &str) -> Tmpfs {
+    pub fn mounted(options: &str) -> Tmpfs {
         require(requirements::Need::TmpfsMount);
+        Tmpfs::mount(options).unwrap_or_else(|| panic!("mount -t tmpfs -o {options} failed"))
+    }
+
+    /// Mounts a tmpfs with `options`; `None` where this machine does not
+    /// allow it (mounting needs root). A test should use [`Tmpfs::mounted`]:
+    /// it fails, or is marked ignored, instead of passing without running.
+    pub fn mount(options: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
+        let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir.path())
             .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "mount -t tmpfs -o {options} failed: {status}"
-        );
-        Tmpfs { dir }
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Tmpfs { dir })
     }
 
     pub fn path(&self) -> &Path {
@@ -705,22 +708,4 @@ pub fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-/// Whether a test that needs `what` (a tool or package this machine lacks)
-/// can go on: under `CI=true` it fails naming what is missing and how to
-/// get it; elsewhere it prints `SKIPPED` straight to the terminal (past the
-/// test harness's capture, so the run shows it) and returns `false`, and
-/// the test returns.
-#[track_caller]
-pub fn tool_or_skip(test: &str, available: bool, what: &str) -> bool {
-    if available {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs {what}, which is missing on this CI machine"
-    );
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs {what}");
-    false
 }

@@ -19,10 +19,27 @@ pub enum Need {
     Setpriv,
     /// Tracing the daemon's system calls with `strace` (ptrace allowed).
     Strace,
+    /// `promtool` (Debian's `prometheus` package).
+    Promtool,
+    /// A Prometheus server (Debian's `prometheus` package).
+    Prometheus,
+    /// `curl`.
+    Curl,
+    /// `python3` with the `svix` and `standardwebhooks` packages
+    /// (`tests/clients/install.sh`).
+    PythonClients,
 }
 
 impl Need {
-    pub const ALL: [Need; 3] = [Need::TmpfsMount, Need::Setpriv, Need::Strace];
+    pub const ALL: [Need; 7] = [
+        Need::TmpfsMount,
+        Need::Setpriv,
+        Need::Strace,
+        Need::Promtool,
+        Need::Prometheus,
+        Need::Curl,
+        Need::PythonClients,
+    ];
 
     /// The `cfg` that build.rs sets when this is missing.
     pub fn cfg(self) -> &'static str {
@@ -30,6 +47,10 @@ impl Need {
             Need::TmpfsMount => "webhookd_no_tmpfs",
             Need::Setpriv => "webhookd_no_setpriv",
             Need::Strace => "webhookd_no_strace",
+            Need::Promtool => "webhookd_no_promtool",
+            Need::Prometheus => "webhookd_no_prometheus",
+            Need::Curl => "webhookd_no_curl",
+            Need::PythonClients => "webhookd_no_python_clients",
         }
     }
 
@@ -77,8 +98,37 @@ impl Need {
                     )
                 }
             }
+            Need::Promtool => runs(Command::new("promtool").arg("--version"))
+                .then_some(())
+                .ok_or_else(|| "promtool is missing (apt-get install prometheus)".to_owned()),
+            Need::Prometheus => runs(Command::new("prometheus").arg("--version"))
+                .then_some(())
+                .ok_or_else(|| "a Prometheus server is missing (apt-get install prometheus)".to_owned()),
+            Need::Curl => runs(Command::new("curl").arg("--version"))
+                .then_some(())
+                .ok_or_else(|| "curl is missing (apt-get install curl)".to_owned()),
+            Need::PythonClients => runs(Command::new("python3").args(["-c", "import svix, standardwebhooks"]))
+                .then_some(())
+                .ok_or_else(|| {
+                    "python3 with the svix and standardwebhooks packages is missing (tests/clients/install.sh)"
+                        .to_owned()
+                }),
         }
     }
+}
+
+/// Where `pip` puts packages for the `python3` on the `PATH`, if there is one.
+pub fn python_packages_dir() -> Option<String> {
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(output.stdout).ok()?.trim().to_owned();
+    (output.status.success() && !dir.is_empty()).then_some(dir)
 }
 
 /// Whether the `CI` environment variable says this is a CI run, where no
