@@ -230,8 +230,8 @@ impl StorageOpener for GatedOpener {
 fn commits_over_32_commands(metrics: &Metrics, store: &Store) -> u64 {
     let text = metrics.render(
         webhookd::metrics::Format::OpenMetrics,
-        &store.job_stats(writer::now_ms()).unwrap(),
-        writer::now_ms(),
+        &store.job_stats(webhookd::clock::now_ms()).unwrap(),
+        webhookd::clock::now_ms(),
         0,
     );
     // Count of commits with at most `le` commands (`None`: all of them).

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use webhookd::store::writer::MERGE_THRESHOLD;
+use webhookd::store::writer::id_merge::ID_MERGE_THRESHOLD;
 
 use common::{
     DEADLINE, Daemon, connect, get, get_transaction, payload, poll_until, post, run_to_exit,
@@ -144,7 +144,7 @@ struct Killed {
     rows: IdIndexRows,
 }
 
-/// Ids enough for two merge cycles ([`MERGE_THRESHOLD`] each), posted from
+/// Ids enough for two merge cycles ([`ID_MERGE_THRESHOLD`] each), posted from
 /// several connections while another one redelivers acknowledged ids and
 /// requires each to be a duplicate (so also after the first cycle has
 /// finished, under load); SIGKILL soon after the second cycle began,
@@ -209,9 +209,9 @@ fn load_through_a_merge_and_kill() -> Killed {
         }
         // Every acknowledged id was committed, so once this many are, the
         // first cycle is over (it took 128 or more commits after
-        // MERGE_THRESHOLD ids) and the second has begun.
+        // ID_MERGE_THRESHOLD ids) and the second has begun.
         let started = Instant::now();
-        while count.load(Ordering::SeqCst) < 2 * MERGE_THRESHOLD + 256 {
+        while count.load(Ordering::SeqCst) < 2 * ID_MERGE_THRESHOLD + 256 {
             assert!(
                 started.elapsed() < Duration::from_secs(300),
                 "only {} acknowledged",
