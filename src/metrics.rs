@@ -36,6 +36,8 @@ pub enum Route {
     Transactions,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /openapi.json`.
+    OpenApi,
     /// Any other path.
     Unknown,
 }
@@ -50,6 +52,7 @@ impl Route {
             Route::Transaction => "/v1/transactions/{transaction_id}",
             Route::Transactions => "/v1/transactions",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
             Route::Unknown => "unknown",
         }
     }
