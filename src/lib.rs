@@ -11,6 +11,8 @@
 //! - [`retention`]: `--retention`, deletes old PROCESSED transactions;
 //! - [`signature`]: optional webhook signature verification;
 //! - [`shutdown`]: SIGTERM/SIGINT handling;
+//! - [`systemd`]: readiness, status, watchdog and socket activation under systemd;
+//! - [`heartbeat`]: the progress marks the watchdog reads from the writer and scheduler;
 //! - [`view`]: how a transaction and a time are shown (API, `inspect`, `export`, logs).
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
@@ -22,6 +24,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -30,6 +33,7 @@ pub mod scheduler;
 pub mod shutdown;
 pub mod signature;
 pub mod store;
+pub mod systemd;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -70,9 +74,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The socket systemd passed cannot be served.
+    #[error(transparent)]
+    Activation(#[from] systemd::ActivationError),
     /// The store writer thread panicked; acknowledged data is still on disk.
     #[error("the store writer thread panicked")]
     WriterPanicked,
+}
+
+impl Error {
+    /// Whether the environment or the files it names are at fault (exit
+    /// code 2: restarting will not help), rather than the run itself.
+    #[must_use]
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Error::Activation(_))
+    }
 }
 
 fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -140,6 +156,68 @@ fn warn_if_open_to_others(listen: SocketAddr, signed: bool) {
     }
 }
 
+/// The listener: the socket systemd passed if it passed one (then
+/// `--listen` is not used), else `listen` bound now.
+fn listen(
+    runtime: &tokio::runtime::Runtime,
+    listen: SocketAddr,
+    activated: Option<std::net::TcpListener>,
+) -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
+    let socket_activated = activated.is_some();
+    let listener = match activated {
+        Some(socket) => socket
+            .set_nonblocking(true)
+            .and_then(|()| {
+                let _runtime = runtime.enter();
+                tokio::net::TcpListener::from_std(socket)
+            })
+            .map_err(|source| Error::Start {
+                what: "listener systemd passed",
+                source,
+            })?,
+        None => runtime
+            .block_on(tokio::net::TcpListener::bind(listen))
+            .map_err(|source| Error::Listen {
+                addr: listen,
+                source,
+            })?,
+    };
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: listen,
+        source,
+    })?;
+    if socket_activated {
+        tracing::info!(
+            %addr,
+            "serving the socket systemd passed (socket activation); --listen is not used"
+        );
+    }
+    Ok((listener, addr))
+}
+
+/// The start-up line: version, settings, pending jobs, and the ready line's
+/// `listening on` text.
+fn log_ready(config: &Config, addr: SocketAddr, signed: bool, store: &Store) {
+    let pending_jobs = store.pending_jobs().unwrap_or_default();
+    warn_if_open_to_others(addr, signed);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %config.data_dir.display(),
+        process_delay = %humantime::format_duration(config.process_delay),
+        max_body_bytes = config.max_body_bytes,
+        queue_depth = config.queue_depth,
+        max_connections = config.max_connections,
+        signatures = config.signature_scheme.map_or("off", signature::Scheme::name),
+        access_log = config.access_log,
+        retention = %config
+            .retention
+            .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
+        pending_jobs,
+        "{}",
+        http::ready_line(addr)
+    );
+}
+
 /// Runs the daemon until SIGTERM/SIGINT, then shuts it down in order.
 ///
 /// Nothing is logged before the store is open, so a start-up failure is
@@ -166,22 +244,21 @@ pub fn run_with(
             )
         })
         .transpose()?;
-    let store = Store::open_with(&config.data_dir, &*options.storage)?;
+    let activated = systemd::activated_listener()?;
+    let notifier = Arc::new(systemd::Notifier::from_env());
+    // Crash repair and schema migrations run here; systemd is told that
+    // start-up goes on for as long as they take.
+    let store = systemd::while_starting(
+        &notifier,
+        "opening the database (repairing or migrating it if needed)",
+        || Store::open_with(&config.data_dir, &*options.storage),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")
         .build()
         .map_err(start_error("async runtime"))?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(config.listen))
-        .map_err(|source| Error::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| Error::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) = listen(&runtime, config.listen, activated)?;
 
     let metrics = Arc::new(metrics::Metrics::new());
     let (waker, nudged) = scheduler::waker();
@@ -205,24 +282,18 @@ pub fn run_with(
         .map_err(start_error("retention"))?;
     let (signals, shutdown) = shutdown_trigger(options.shutdown)?;
 
-    let pending_jobs = store.pending_jobs().unwrap_or_default();
-    warn_if_open_to_others(config.listen, verifier.is_some());
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        data_dir = %config.data_dir.display(),
-        process_delay = %humantime::format_duration(config.process_delay),
-        max_body_bytes = config.max_body_bytes,
-        queue_depth = config.queue_depth,
-        max_connections = config.max_connections,
-        signatures = config.signature_scheme.map_or("off", signature::Scheme::name),
-        access_log = config.access_log,
-        retention = %config
-            .retention
-            .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
-        pending_jobs,
-        "{}",
-        http::ready_line(addr)
-    );
+    log_ready(config, addr, verifier.is_some(), &store);
+    let watched = systemd::Watched {
+        store: store.clone(),
+        writer: writer.clone(),
+        heartbeats: vec![
+            ("store writer", writer.heartbeat()),
+            ("scheduler", scheduler.heartbeat()),
+        ],
+        addr,
+    };
+    let supervisor = systemd::Supervisor::start(Arc::clone(&notifier), watched)
+        .map_err(start_error("systemd notification thread"))?;
     on_ready(addr);
     let limits = http::Limits {
         max_body_bytes: config.max_body_bytes,
@@ -239,12 +310,22 @@ pub fn run_with(
         config.access_log,
         metrics,
     ));
+    let shutdown = {
+        let notifier = Arc::clone(&notifier);
+        async move {
+            shutdown.await;
+            notifier.stopping();
+        }
+    };
     runtime.block_on(http::serve(
         listener,
         state,
         shutdown,
         config.shutdown_grace,
     ));
+    if let Some(supervisor) = supervisor {
+        supervisor.stop();
+    }
 
     // Every connection has ended, so the scheduler and retention hold the
     // last writer handles; once they stop, the writer drains its queue and

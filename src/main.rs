@@ -30,7 +30,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("webhookd: error: {e}");
-            ExitCode::from(FAILURE_EXIT_CODE)
+            ExitCode::from(if e.is_configuration() {
+                USAGE_EXIT_CODE
+            } else {
+                FAILURE_EXIT_CODE
+            })
         }
     }
 }

@@ -39,6 +39,7 @@ use super::{
     BY_PROCESSED, BY_STATUS, IDS, INDEXED_UPTO_KEY, JOBS, Job, LOG, META, ROWS_UPTO_KEY, Store,
     StoreError, encoding, first_log_key_at, ids, next_log_key, status_key,
 };
+use crate::heartbeat::Heartbeat;
 use crate::metrics::{Metrics, WebhookOutcome};
 use crate::model::{NewTransaction, Status};
 
@@ -167,6 +168,7 @@ enum Command {
 pub struct WriterHandle {
     queue: mpsc::Sender<Command>,
     last_failure: Arc<Mutex<Option<(Instant, String)>>>,
+    heartbeat: Heartbeat,
 }
 
 impl WriterHandle {
@@ -227,6 +229,19 @@ impl WriterHandle {
         recent_failure(&self.last_failure)
     }
 
+    /// Beats once per batch (and per idle tick, at least every
+    /// `MERGE_TICK`): the systemd watchdog reads it to tell a stuck writer.
+    #[must_use]
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
+    /// Commands waiting in the writer's queue now.
+    #[must_use]
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     fn try_send(&self, command: Command) -> Result<(), WriteError> {
         self.queue.try_send(command).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => WriteError::QueueFull,
@@ -248,6 +263,7 @@ pub fn spawn(
 ) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
     let (queue, commands) = mpsc::channel(queue_depth.max(1));
     let last_failure = Arc::new(Mutex::new(None));
+    let heartbeat = Heartbeat::new();
     let next_key = store.last_log_key().map_err(std::io::Error::other)?;
     let indexed_upto = store.indexed_upto().map_err(std::io::Error::other)?;
     let (rows_upto, rows_lag) = store.rows_lag().map_err(std::io::Error::other)?;
@@ -270,6 +286,7 @@ pub fn spawn(
         last_work: Instant::now(),
         buf: Vec::with_capacity(256),
         metrics,
+        heartbeat: heartbeat.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".to_owned())
@@ -292,6 +309,7 @@ pub fn spawn(
         WriterHandle {
             queue,
             last_failure,
+            heartbeat,
         },
         thread,
     ))
@@ -334,6 +352,7 @@ struct Writer {
     last_work: Instant,
     buf: Vec<u8>,
     metrics: Arc<Metrics>,
+    heartbeat: Heartbeat,
 }
 
 /// Putting the ids of the log's tail into the `id_hashes` table: the
@@ -387,6 +406,7 @@ impl Writer {
     fn run(mut self, mut commands: mpsc::Receiver<Command>, on_new_jobs: &dyn Fn(u64)) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = commands.blocking_recv() {
+            self.heartbeat.beat();
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match commands.try_recv() {
