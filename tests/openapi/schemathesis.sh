@@ -64,7 +64,11 @@ base="http://$addr"
 echo "schemathesis.sh: webhookd listening on $base; running Schemathesis for at most ${max_seconds}s" >&2
 
 status=0
-"$bin_dir/schemathesis" run src/http/openapi.json \
+document="$PWD/src/http/openapi.json"
+# Run from the scratch directory: Schemathesis keeps its example database
+# in the current directory (.schemathesis/), which must not land in the repo.
+cd "$work"
+"$bin_dir/schemathesis" run "$document" \
   --url "$base" \
   --checks all \
   --workers 2 \
