@@ -314,6 +314,8 @@ pub fn status_line(watched: &Watched) -> String {
         watched.addr,
         watched.writer.queued()
     );
+    // A line break would end the STATUS= assignment and start another.
+    let line = line.replace(['\n', '\r'], " ");
     match line.char_indices().nth(MAX_STATUS_CHARS) {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line,

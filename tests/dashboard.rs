@@ -1,5 +1,5 @@
 //! The Grafana dashboard shipped in `packaging/grafana/`: every query parses
-//! as PromQL, and every metric it names is one the running daemon's
+//! as `PromQL`, and every metric it names is one the running daemon's
 //! `GET /metrics` serves (a histogram's `_bucket`, `_sum` and `_count`, a
 //! counter's `_total`, an info metric's `_info`), so a renamed metric
 //! cannot leave an empty panel behind. It also covers what an operator
@@ -37,7 +37,7 @@ fn panels(dashboard: &Value) -> Vec<&Value> {
     out
 }
 
-/// (panel title, PromQL) of every query.
+/// (panel title, `PromQL`) of every query.
 fn queries(dashboard: &Value) -> Vec<(String, String)> {
     panels(dashboard)
         .into_iter()
@@ -57,7 +57,7 @@ fn queries(dashboard: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Grafana's variables replaced by values PromQL accepts.
+/// Grafana's variables replaced by values `PromQL` accepts.
 fn as_promql(expr: &str) -> String {
     expr.replace("$__rate_interval", "5m")
         .replace("$instance", ".*")

@@ -244,7 +244,7 @@ fn check_or_update(file: &str, rendered: &str) {
     }
 }
 
-/// The completion script for `shell`, as clap_complete renders it.
+/// The completion script for `shell`, as `clap_complete` renders it.
 fn render_completions(shell: clap_complete::Shell) -> String {
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut Config::command(), "webhookd", &mut out);
