@@ -1,6 +1,6 @@
 //! Marks the integration tests that need something this machine lacks
 //! (root to mount a tmpfs, `setpriv`, `strace`, `promtool`, Prometheus,
-//! `curl`, the Python webhook libraries; see
+//! `curl`, the Python webhook libraries, `openapi-spec-validator`; see
 //! `tests/common/requirements.rs`) as ignored, by setting a `cfg` per
 //! missing requirement that those tests turn into
 //! `#[ignore = "reason"]`: `cargo test` then lists them as ignored instead
@@ -26,6 +26,11 @@ fn main() {
         && std::path::Path::new(&dir).is_dir()
     {
         println!("cargo::rerun-if-changed={dir}");
+    }
+    if let Some(venv) = requirements::openapi_venv()
+        && venv.is_dir()
+    {
+        println!("cargo::rerun-if-changed={}", venv.display());
     }
     if requirements::in_ci(std::env::var("CI").ok().as_deref()) {
         return;

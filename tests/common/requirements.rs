@@ -28,10 +28,12 @@ pub enum Need {
     /// `python3` with the `svix` and `standardwebhooks` packages
     /// (`tests/clients/install.sh`).
     PythonClients,
+    /// `openapi-spec-validator` (`tests/openapi/install.sh`).
+    OpenApiValidator,
 }
 
 impl Need {
-    pub const ALL: [Need; 7] = [
+    pub const ALL: [Need; 8] = [
         Need::TmpfsMount,
         Need::Setpriv,
         Need::Strace,
@@ -39,6 +41,7 @@ impl Need {
         Need::Prometheus,
         Need::Curl,
         Need::PythonClients,
+        Need::OpenApiValidator,
     ];
 
     /// The `cfg` that build.rs sets when this is missing.
@@ -51,6 +54,7 @@ impl Need {
             Need::Prometheus => "webhookd_no_prometheus",
             Need::Curl => "webhookd_no_curl",
             Need::PythonClients => "webhookd_no_python_clients",
+            Need::OpenApiValidator => "webhookd_no_openapi_validator",
         }
     }
 
@@ -113,8 +117,37 @@ impl Need {
                     "python3 with the svix and standardwebhooks packages is missing (tests/clients/install.sh)"
                         .to_owned()
                 }),
+            Need::OpenApiValidator => openapi_validator().map(|_| ()).ok_or_else(|| {
+                "openapi-spec-validator is missing (tests/openapi/install.sh)".to_owned()
+            }),
         }
     }
+}
+
+/// The virtualenv `tests/openapi/install.sh` makes: `openapi-venv` in the
+/// cargo target directory, found from the build script's `OUT_DIR`
+/// (`<target>/<profile>/build/<package>/out`) or from a test binary's
+/// path (`<target>/<profile>/deps/<test>`).
+pub fn openapi_venv() -> Option<std::path::PathBuf> {
+    let from_out_dir = std::env::var_os("OUT_DIR")
+        .map(std::path::PathBuf::from)
+        .and_then(|out| out.ancestors().nth(4).map(std::path::Path::to_path_buf));
+    let from_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(std::path::Path::to_path_buf));
+    from_out_dir
+        .or(from_exe)
+        .map(|target| target.join("openapi-venv"))
+}
+
+/// `openapi-spec-validator`: the one in [`openapi_venv`], else one on `PATH`.
+pub fn openapi_validator() -> Option<std::path::PathBuf> {
+    const VALIDATOR: &str = "openapi-spec-validator";
+    openapi_venv()
+        .map(|venv| venv.join("bin").join(VALIDATOR))
+        .into_iter()
+        .chain([std::path::PathBuf::from(VALIDATOR)])
+        .find(|candidate| runs(Command::new(candidate).arg("--version")))
 }
 
 /// Where `pip` puts packages for the `python3` on the `PATH`, if there is one.
