@@ -123,8 +123,20 @@ fn every_metric_the_dashboard_queries_is_served() {
     );
     assert_eq!(post(daemon.addr, "{").status, 400);
     assert_eq!(get(daemon.addr, "/").status, 200);
-    let scrape = get(daemon.addr, "/metrics");
+    // As Prometheus asks for it (OpenMetrics, whose TYPE lines name the
+    // families without their sample suffixes).
+    let scrape = common::send_raw(
+        daemon.addr,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(scrape.status, 200);
+    assert!(
+        scrape
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/openmetrics-text")),
+        "{:?}",
+        scrape.header("content-type")
+    );
     let served = served_sample_names(&scrape.body);
     assert!(
         served.contains("webhookd_webhooks_total"),

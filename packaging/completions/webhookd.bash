@@ -53,7 +53,7 @@ _webhookd() {
 
     case "${cmd}" in
         webhookd)
-            opts="-h -V --data-dir --listen --process-delay --max-body-bytes --shutdown-grace --retention --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --access-log --log-format --queue-depth --help --version inspect export check backup help"
+            opts="-h -V --data-dir --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --access-log --log-format --queue-depth --help --version inspect export check backup help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -80,6 +80,10 @@ _webhookd() {
                     return 0
                     ;;
                 --retention)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dedup-window)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_webhookd_global_optspecs
-    string join \n data-dir= listen= process-delay= max-body-bytes= shutdown-grace= retention= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= access-log log-format= queue-depth= h/help V/version
+    string join \n data-dir= listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= access-log log-format= queue-depth= h/help V/version
 end
 
 function __fish_webhookd_needs_command
@@ -29,16 +29,17 @@ complete -c webhookd -n "__fish_webhookd_needs_command" -l listen -d 'Socket add
 complete -c webhookd -n "__fish_webhookd_needs_command" -l process-delay -d 'How long after acceptance a transaction is processed (humantime: 30s, 500ms, 2m, 0s)' -r
 complete -c webhookd -n "__fish_webhookd_needs_command" -l max-body-bytes -d 'Request bodies larger than this are refused with 413' -r
 complete -c webhookd -n "__fish_webhookd_needs_command" -l shutdown-grace -d 'How long in-flight requests may finish after SIGTERM/SIGINT' -r
-complete -c webhookd -n "__fish_webhookd_needs_command" -l retention -d 'Delete PROCESSED transactions once their `processed_at` is older than this (off when not set). A purged `transaction_id` is no longer deduplicated: a redelivery after the purge is stored as new' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -l retention -d 'Delete PROCESSED transactions once their `processed_at` is older than this (off when not set). A purged `transaction_id` stays deduplicated for --dedup-window after its purge' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -l dedup-window -d 'With --retention: how long after its purge a `transaction_id` is still deduplicated (a redelivery or replay is answered as a duplicate and processed no more); after it, the id is new again' -r
 complete -c webhookd -n "__fish_webhookd_needs_command" -l max-connections -d 'Most connections served at once; more clients wait in the listen backlog' -r
 complete -c webhookd -n "__fish_webhookd_needs_command" -l header-read-timeout -d 'A request head must arrive within this time; also closes idle keep-alive connections' -r
 complete -c webhookd -n "__fish_webhookd_needs_command" -l body-read-timeout -d 'A request body must arrive within this time, else 408' -r
 complete -c webhookd -n "__fish_webhookd_needs_command" -l write-timeout -d 'A connection whose answers the client leaves unread for this long (the server cannot write to it) is closed' -r
-complete -c webhookd -n "__fish_webhookd_needs_command" -l signature-scheme -d 'Verify webhook signatures with this scheme (off when not set); POSTs without a valid signature get 401 and are not stored' -r -f -a "standard-webhooks\t'Standard Webhooks (Svix): `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`; signs `{id}.{timestamp}.{body}`'
+complete -c webhookd -n "__fish_webhookd_needs_command" -l signature-scheme -d 'Verify webhook signatures with this scheme (off when not set); POSTs without a valid signature get 401 and are not stored' -r -f -a "standard-webhooks\t'Standard Webhooks (Svix): `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>` (or the same as `svix-*`); signs `{id}.{timestamp}.{body}`'
 stripe\t'Stripe: `Stripe-Signature: t=<unix>,v1=<hex>`; signs `{t}.{body}`'
 hmac-sha256\t'Hex HMAC-SHA256 of the body in the header named by `--signature-header`'"
-complete -c webhookd -n "__fish_webhookd_needs_command" -l signing-secrets-file -d 'File with the signing secrets, one per line (any one may match, so secrets can be rotated); `whsec_<base64>` for standard-webhooks' -r -F
-complete -c webhookd -n "__fish_webhookd_needs_command" -l signature-header -d 'Header carrying the hex signature, for --signature-scheme hmac-sha256 (e.g. X-Razorpay-Signature)' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -l signing-secrets-file -d 'File with the signing secrets, one per line (any one may match, so secrets can be rotated); `whsec_<base64>` for standard-webhooks. Given with --signature-scheme, never without' -r -F
+complete -c webhookd -n "__fish_webhookd_needs_command" -l signature-header -d 'Header carrying the hex signature (e.g. X-Razorpay-Signature): required by --signature-scheme hmac-sha256, refused with the others' -r
 complete -c webhookd -n "__fish_webhookd_needs_command" -l log-format -d 'Log line format; the level comes from `RUST_LOG` (default info)' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c webhookd -n "__fish_webhookd_needs_command" -l queue-depth -d 'Capacity of the queue in front of the store writer; when it is full, webhooks are answered 503 with Retry-After instead of queueing without bound' -r
