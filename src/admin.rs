@@ -123,9 +123,14 @@ fn check(store: &Store, out: &mut impl Write) -> Result<(), AdminError> {
     if !report.problems.is_empty() {
         return Err(AdminError::Damaged(report.problems.len()));
     }
+    // The count of original bodies only where some are kept (`--payload-map`).
+    let originals = match report.original_bodies {
+        0 => String::new(),
+        n => format!(", {n} original bodies"),
+    };
     writeln!(
         out,
-        "ok: {} transactions ({} processing, {} processed), {} pending jobs",
+        "ok: {} transactions ({} processing, {} processed), {} pending jobs{originals}",
         report.transactions, report.processing, report.processed, report.pending_jobs
     )
     .map_err(|source| AdminError::Io {
