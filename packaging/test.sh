@@ -144,6 +144,10 @@ cat >"$work/deb.expected" <<'EOF'
 /usr/share/doc/webhookd/README.md
 /usr/share/doc/webhookd/changelog.Debian.gz
 /usr/share/doc/webhookd/copyright
+/usr/share/doc/webhookd/examples/razorpay-payment.captured.json
+/usr/share/doc/webhookd/examples/razorpay.toml
+/usr/share/doc/webhookd/examples/stripe-payment_intent.succeeded.json
+/usr/share/doc/webhookd/examples/stripe.toml
 /usr/share/doc/webhookd/webhookd.env
 /usr/share/man/man8/webhookd.8.gz
 EOF
@@ -205,6 +209,10 @@ cat >"$work/rpm.expected" <<'EOF'
 /usr/lib/sysusers.d/webhookd.conf
 /usr/share/doc/webhookd/README.md
 /usr/share/doc/webhookd/changelog
+/usr/share/doc/webhookd/examples/razorpay-payment.captured.json
+/usr/share/doc/webhookd/examples/razorpay.toml
+/usr/share/doc/webhookd/examples/stripe-payment_intent.succeeded.json
+/usr/share/doc/webhookd/examples/stripe.toml
 /usr/share/doc/webhookd/webhookd.env
 /usr/share/licenses/webhookd/LICENSE
 /usr/share/man/man8/webhookd.8.gz
