@@ -398,6 +398,15 @@ mod tests {
     }
 
     #[test]
+    fn values_come_without_the_whitespace_around_them() {
+        let body = "{ \"a\" :\n\t null , \"b\" : [ 1 ,\r\n 2.50 ] , \"c\":\"x\"  }";
+        assert_eq!(
+            texts(&["/a", "/b/1", "/c"], body),
+            ["null", "2.50", "\"x\""]
+        );
+    }
+
+    #[test]
     fn shared_prefixes_and_repeated_pointers_both_get_answers() {
         let body = r#"{"a":{"b":1,"c":2}}"#;
         assert_eq!(texts(&["/a/b", "/a/c", "/a/b"], body), ["1", "2", "1"]);
