@@ -65,3 +65,21 @@ pub(super) fn map(state: &AppState, map: &PayloadMap, headers: &HeaderMap, body:
         Err(rejection) => Outcome::Answer(ApiError::from(rejection).response()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ignored_answer_echoes_the_event_cut_short() {
+        let (status, body) = ignored_answer("charge.refunded");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, br#"{"status":"IGNORED","event":"charge.refunded"}"#);
+        let long = "e".repeat(10_000);
+        let (_, body) = ignored_answer(&long);
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let event = answer["event"].as_str().unwrap();
+        assert_eq!(event.chars().count(), super::super::MAX_ECHOED_CHARS + 1);
+        assert!(event.ends_with('…'));
+    }
+}
