@@ -149,6 +149,10 @@ cat >"$work/deb.expected" <<'EOF'
 /usr/share/doc/webhookd/README.md
 /usr/share/doc/webhookd/changelog.Debian.gz
 /usr/share/doc/webhookd/copyright
+/usr/share/doc/webhookd/examples/razorpay-payment.captured.json
+/usr/share/doc/webhookd/examples/razorpay.toml
+/usr/share/doc/webhookd/examples/stripe-payment_intent.succeeded.json
+/usr/share/doc/webhookd/examples/stripe.toml
 /usr/share/doc/webhookd/examples/webhookd.socket
 /usr/share/doc/webhookd/grafana/webhookd-dashboard.json
 /usr/share/doc/webhookd/webhookd.env
@@ -215,6 +219,10 @@ cat >"$work/rpm.expected" <<'EOF'
 /usr/share/bash-completion/completions/webhookd
 /usr/share/doc/webhookd/README.md
 /usr/share/doc/webhookd/changelog
+/usr/share/doc/webhookd/examples/razorpay-payment.captured.json
+/usr/share/doc/webhookd/examples/razorpay.toml
+/usr/share/doc/webhookd/examples/stripe-payment_intent.succeeded.json
+/usr/share/doc/webhookd/examples/stripe.toml
 /usr/share/doc/webhookd/examples/webhookd.socket
 /usr/share/doc/webhookd/grafana/webhookd-dashboard.json
 /usr/share/doc/webhookd/webhookd.env

@@ -46,11 +46,18 @@ pub enum AdminError {
     /// `backup` would overwrite a file.
     #[error("{0} already exists; choose a new backup path")]
     BackupExists(PathBuf),
+    /// `check-map` works on its files, not on a data dir: it has its own
+    /// entry point, [`crate::check_map::run`].
+    #[error("check-map needs no data dir; run it as `webhookd check-map FILE SAMPLE`")]
+    NotForDataDir,
 }
 
 /// Runs one admin command against `data_dir`, writing results to stdout
 /// and findings of `check` to stderr.
 pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
+    if let AdminCommand::CheckMap { .. } = command {
+        return Err(AdminError::NotForDataDir);
+    }
     let file = data_dir.join(DB_FILE_NAME);
     if !file.exists() {
         return Err(AdminError::NoDatabase(data_dir.to_owned(), command.verb()));
@@ -107,7 +114,9 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
             }
         }
         AdminCommand::Check => check(&store, &mut out)?,
-        AdminCommand::Backup { .. } => unreachable!("handled above"),
+        AdminCommand::Backup { .. } | AdminCommand::CheckMap { .. } => {
+            unreachable!("handled above")
+        }
     }
     out.flush().map_err(io("stdout"))?;
     Ok(())
@@ -123,9 +132,14 @@ fn check(store: &Store, out: &mut impl Write) -> Result<(), AdminError> {
     if !report.problems.is_empty() {
         return Err(AdminError::Damaged(report.problems.len()));
     }
+    // The count of original bodies only where some are kept (`--payload-map`).
+    let originals = match report.original_bodies {
+        0 => String::new(),
+        n => format!(", {n} original bodies"),
+    };
     writeln!(
         out,
-        "ok: {} transactions ({} processing, {} processed), {} pending jobs",
+        "ok: {} transactions ({} processing, {} processed), {} pending jobs{originals}",
         report.transactions, report.processing, report.processed, report.pending_jobs
     )
     .map_err(|source| AdminError::Io {

@@ -160,6 +160,14 @@ pub struct Config {
     #[arg(long, env = "WEBHOOKD_SIGNATURE_HEADER", value_name = "NAME")]
     pub signature_header: Option<String>,
 
+    /// Map each webhook body onto a transaction with this TOML file: where
+    /// the body holds each field (JSON pointers), minor or major units, which
+    /// events to take (e.g. Stripe's or Razorpay's; see
+    /// /usr/share/doc/webhookd/examples). The body is kept with its
+    /// transaction. Without it, bodies must be webhookd's own shape.
+    #[arg(long, env = "WEBHOOKD_PAYLOAD_MAP", value_name = "FILE")]
+    pub payload_map: Option<PathBuf>,
+
     /// Log one line per request (method, path, status, latency,
     /// transaction id; never payloads or signatures).
     #[arg(long, env = "WEBHOOKD_ACCESS_LOG")]
@@ -186,7 +194,8 @@ pub struct Config {
     pub queue_depth: u64,
 }
 
-/// Admin commands, for the data dir of a stopped daemon.
+/// Admin commands, for the data dir of a stopped daemon (`check-map`
+/// needs none).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum AdminCommand {
     /// Print one stored transaction as JSON, as `GET /v1/transactions/{id}` shows it.
@@ -209,6 +218,15 @@ pub enum AdminCommand {
         /// Where to write the copy; must not exist yet.
         dest: PathBuf,
     },
+    /// Print the transaction SAMPLE would become under the payload map FILE,
+    /// or the answer that would refuse it (no data dir or daemon needed);
+    /// exit 1 if it would be refused, 2 if FILE does not load.
+    CheckMap {
+        /// The payload map (TOML).
+        map: PathBuf,
+        /// A webhook body, as the provider sends it.
+        sample: PathBuf,
+    },
 }
 
 impl AdminCommand {
@@ -220,6 +238,7 @@ impl AdminCommand {
             AdminCommand::Export { .. } => "export",
             AdminCommand::Check => "check",
             AdminCommand::Backup { .. } => "back up",
+            AdminCommand::CheckMap { .. } => "check a payload map",
         }
     }
 }

@@ -2,10 +2,13 @@
 //!
 //! - [`cli`]: command line, environment variables, logging set-up;
 //! - [`clock`]: the wall clock in milliseconds, the unit of every stored time;
+//! - [`currency`]: ISO 4217 minor units, for amounts sent in minor units;
 //! - [`admin`]: `inspect`, `export`, `check`, `backup` on a stopped daemon's data dir;
+//! - [`check_map`]: `check-map`, a sample body through a payload map, offline;
 //! - [`http`]: the hyper server, routing, body limits, the JSON API and its errors;
 //! - [`metrics`]: counters, histograms and gauges for `GET /metrics`;
 //! - [`model`]: the transaction record, payload parsing and validation, exact amounts;
+//! - [`payload_map`]: `--payload-map`, a provider's body mapped onto a transaction;
 //! - [`store`]: the redb file (tables, the log and its tail, merges,
 //!   migrations, recovery after storage faults; the design is in its doc)
 //!   and the single group-committing writer ([`store::writer`]), the
@@ -18,9 +21,10 @@
 //! - [`heartbeat`]: the progress marks the watchdog reads from the writer and scheduler;
 //! - [`view`]: how a transaction and a time are shown (API, `inspect`, `export`, logs).
 //!
-//! Each depends only on those below it: `http` on `store`, `metrics` and
-//! `model`; `store` on `metrics`, `model` and `clock`; `cli` and `model`
-//! on none of them.
+//! Each depends only on those below it: `http` on `store`, `metrics`,
+//! `payload_map` and `model`; `store` on `metrics`, `model` and `clock`;
+//! `payload_map` on `currency` and `model`; `cli` and `model` on none of
+//! them.
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
 //! → drain requests → stop the scheduler → flush and stop the writer.
@@ -30,12 +34,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod check_map;
 pub mod cli;
 pub mod clock;
+pub mod currency;
 pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod payload_map;
 pub mod retention;
 pub mod scheduler;
 pub mod shutdown;
@@ -66,6 +73,9 @@ pub enum Error {
     /// The signature verification settings are unusable.
     #[error(transparent)]
     Signature(#[from] signature::ConfigError),
+    /// The `--payload-map` file cannot be used.
+    #[error(transparent)]
+    PayloadMap(#[from] payload_map::LoadError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -103,7 +113,9 @@ impl Error {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Signature(_) | Error::Activation(_) => cli::USAGE_EXIT_CODE,
+            Error::Signature(_) | Error::Activation(_) | Error::PayloadMap(_) => {
+                cli::USAGE_EXIT_CODE
+            }
             Error::Open(_)
             | Error::Listen { .. }
             | Error::Start { .. }
@@ -230,6 +242,10 @@ fn log_ready(config: &Config, addr: SocketAddr, signed: bool, store: &Store) {
         queue_depth = config.queue_depth,
         max_connections = config.max_connections,
         signatures = config.signature_scheme.map_or("off", signature::Scheme::name),
+        payload_map = %config
+            .payload_map
+            .as_deref()
+            .map_or_else(|| "off".into(), |path| path.display().to_string()),
         access_log = config.access_log,
         retention = %config
             .retention
@@ -262,6 +278,11 @@ pub fn run_with(
         config.signing_secrets_file.as_deref(),
         config.signature_header.as_deref(),
     )?;
+    let payload_map = config
+        .payload_map
+        .as_deref()
+        .map(payload_map::PayloadMap::load)
+        .transpose()?;
     let activated = systemd::activated_listener()?;
     let notifier = Arc::new(systemd::Notifier::from_env());
     // Crash repair and schema migrations run here; systemd is told that
@@ -317,14 +338,17 @@ pub fn run_with(
         body_read_timeout: config.body_read_timeout,
         write_timeout: config.write_timeout,
     };
-    let state = Arc::new(http::AppState::new(
-        store,
-        parts.writer.clone(),
-        limits,
-        verifier,
-        config.access_log,
-        metrics,
-    ));
+    let state = Arc::new(
+        http::AppState::new(
+            store,
+            parts.writer.clone(),
+            limits,
+            verifier,
+            config.access_log,
+            metrics,
+        )
+        .with_payload_map(payload_map),
+    );
     let shutdown = {
         let notifier = Arc::clone(&notifier);
         async move {

@@ -153,6 +153,8 @@ pub enum WebhookOutcome {
     Duplicate,
     /// Same id, different fields (409).
     Conflict,
+    /// An event the payload map does not take (200 `IGNORED`); nothing stored.
+    Ignored,
     /// Any other error answer; its code is counted separately.
     Rejected(&'static str),
 }
@@ -218,7 +220,7 @@ impl Metrics {
         let webhooks = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "webhooks",
-            "Webhook deliveries by outcome: accepted, duplicate, conflict, rejected",
+            "Webhook deliveries by outcome: accepted, duplicate, conflict, ignored, rejected",
             webhooks.clone(),
         );
         let rejections = Family::<CodeLabels, Counter>::default();
@@ -322,6 +324,7 @@ impl Metrics {
             WebhookOutcome::Accepted => "accepted",
             WebhookOutcome::Duplicate => "duplicate",
             WebhookOutcome::Conflict => "conflict",
+            WebhookOutcome::Ignored => "ignored",
             WebhookOutcome::Rejected(code) => {
                 self.rejections.get_or_create(&CodeLabels { code }).inc();
                 "rejected"

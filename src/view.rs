@@ -33,22 +33,56 @@ pub struct TransactionView<'a> {
 /// A stored transaction as `GET /v1/transactions/{id}` answers it.
 #[must_use]
 pub fn transaction_json(record: &Record) -> Vec<u8> {
-    let tx = &record.transaction;
+    let amount = amount_json(record);
+    serde_json::to_vec(&view(record, &amount)).expect("a transaction view always serialises")
+}
+
+/// The view with the body the transaction arrived with, as
+/// `?include=payload` answers it.
+#[derive(Serialize)]
+struct WithPayload<'a> {
+    #[serde(flatten)]
+    view: TransactionView<'a>,
+    /// The body as received, as a JSON string; `null` if none was kept.
+    payload: Option<&'a str>,
+    /// The request's `Content-Type`; `null` if no body was kept.
+    payload_content_type: Option<&'a str>,
+}
+
+/// [`transaction_json`] plus `"payload"` (the body it arrived with, as
+/// a JSON string, so it decodes to exactly those bytes) and
+/// `"payload_content_type"`: `payload` is `(content type, body)`, or
+/// `None` for a transaction stored without one (both are then `null`).
+#[must_use]
+pub fn transaction_json_with_payload(record: &Record, payload: Option<(&str, &str)>) -> Vec<u8> {
+    let amount = amount_json(record);
+    serde_json::to_vec(&WithPayload {
+        view: view(record, &amount),
+        payload: payload.map(|(_, body)| body),
+        payload_content_type: payload.map(|(content_type, _)| content_type),
+    })
+    .expect("a transaction view always serialises")
+}
+
+fn amount_json(record: &Record) -> Box<RawValue> {
     // Invariant: a formatted Decimal is a valid JSON number (digits, at most
     // one '.', no exponent, positive).
-    let amount = RawValue::from_string(model::format_amount(tx.amount))
-        .expect("a formatted decimal is a JSON number");
-    serde_json::to_vec(&TransactionView {
+    RawValue::from_string(model::format_amount(record.transaction.amount))
+        .expect("a formatted decimal is a JSON number")
+}
+
+fn view<'a>(record: &'a Record, amount: &'a RawValue) -> TransactionView<'a> {
+    let tx = &record.transaction;
+    TransactionView {
         transaction_id: &tx.transaction_id,
         source_account: &tx.source_account,
         destination_account: &tx.destination_account,
-        amount: &amount,
+        amount,
         currency: tx.currency.as_str(),
         status: record.status.as_str(),
         created_at: format_time(record.created_at_ms),
         processed_at: record.processed_at_ms.map(format_time),
-    })
-    .expect("a transaction view always serialises")
+    }
 }
 
 /// RFC 3339 in UTC with millisecond precision and a `Z` suffix.

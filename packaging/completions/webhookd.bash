@@ -22,6 +22,9 @@ _webhookd() {
             webhookd,check)
                 cmd="webhookd__subcmd__check"
                 ;;
+            webhookd,check-map)
+                cmd="webhookd__subcmd__check__subcmd__map"
+                ;;
             webhookd,export)
                 cmd="webhookd__subcmd__export"
                 ;;
@@ -36,6 +39,9 @@ _webhookd() {
                 ;;
             webhookd__subcmd__help,check)
                 cmd="webhookd__subcmd__help__subcmd__check"
+                ;;
+            webhookd__subcmd__help,check-map)
+                cmd="webhookd__subcmd__help__subcmd__check__subcmd__map"
                 ;;
             webhookd__subcmd__help,export)
                 cmd="webhookd__subcmd__help__subcmd__export"
@@ -53,7 +59,7 @@ _webhookd() {
 
     case "${cmd}" in
         webhookd)
-            opts="-h -V --data-dir --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --access-log --log-format --queue-depth --help --version inspect export check backup help"
+            opts="-h -V --data-dir --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --payload-map --access-log --log-format --queue-depth --help --version inspect export check backup check-map help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -115,6 +121,10 @@ _webhookd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --payload-map)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -166,6 +176,24 @@ _webhookd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        webhookd__subcmd__check__subcmd__map)
+            opts="-h --data-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --data-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         webhookd__subcmd__export)
             opts="-h --format --data-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -189,7 +217,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__help)
-            opts="inspect export check backup help"
+            opts="inspect export check backup check-map help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -217,6 +245,20 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__help__subcmd__check)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        webhookd__subcmd__help__subcmd__check__subcmd__map)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

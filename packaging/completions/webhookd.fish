@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_webhookd_global_optspecs
-    string join \n data-dir= listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= access-log log-format= queue-depth= h/help V/version
+    string join \n data-dir= listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= access-log log-format= queue-depth= h/help V/version
 end
 
 function __fish_webhookd_needs_command
@@ -40,6 +40,7 @@ stripe\t'Stripe: `Stripe-Signature: t=<unix>,v1=<hex>`; signs `{t}.{body}`'
 hmac-sha256\t'Hex HMAC-SHA256 of the body in the header named by `--signature-header`'"
 complete -c webhookd -n "__fish_webhookd_needs_command" -l signing-secrets-file -d 'File with the signing secrets, one per line (any one may match, so secrets can be rotated); `whsec_<base64>` for standard-webhooks. Given with --signature-scheme, never without' -r -F
 complete -c webhookd -n "__fish_webhookd_needs_command" -l signature-header -d 'Header carrying the hex signature (e.g. X-Razorpay-Signature): required by --signature-scheme hmac-sha256, refused with the others' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -l payload-map -d 'Map each webhook body onto a transaction with this TOML file: where the body holds each field (JSON pointers), minor or major units, which events to take (e.g. Stripe\'s or Razorpay\'s; see /usr/share/doc/webhookd/examples). The body is kept with its transaction. Without it, bodies must be webhookd\'s own shape' -r -F
 complete -c webhookd -n "__fish_webhookd_needs_command" -l log-format -d 'Log line format; the level comes from `RUST_LOG` (default info)' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c webhookd -n "__fish_webhookd_needs_command" -l queue-depth -d 'Capacity of the queue in front of the store writer; when it is full, webhooks are answered 503 with Retry-After instead of queueing without bound' -r
@@ -50,6 +51,7 @@ complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "inspect" -d 'Prin
 complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "export" -d 'Write every stored transaction to stdout, one JSON object per line, in arrival order'
 complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "check" -d 'Verify that every record decodes and every pending job matches a PROCESSING transaction (and the reverse); exit 1 on damage'
 complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "backup" -d 'Write a consistent, fsync\'d copy of the database file to DEST (not while the daemon runs: redb locks the file)'
+complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "check-map" -d 'Print the transaction SAMPLE would become under the payload map FILE, or the answer that would refuse it (no data dir or daemon needed); exit 1 if it would be refused, 2 if FILE does not load'
 complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand inspect" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
 complete -c webhookd -n "__fish_webhookd_using_subcommand inspect" -s h -l help -d 'Print help'
@@ -60,8 +62,11 @@ complete -c webhookd -n "__fish_webhookd_using_subcommand check" -l data-dir -d 
 complete -c webhookd -n "__fish_webhookd_using_subcommand check" -s h -l help -d 'Print help'
 complete -c webhookd -n "__fish_webhookd_using_subcommand backup" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
 complete -c webhookd -n "__fish_webhookd_using_subcommand backup" -s h -l help -d 'Print help'
-complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup help" -f -a "inspect" -d 'Print one stored transaction as JSON, as `GET /v1/transactions/{id}` shows it'
-complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup help" -f -a "export" -d 'Write every stored transaction to stdout, one JSON object per line, in arrival order'
-complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup help" -f -a "check" -d 'Verify that every record decodes and every pending job matches a PROCESSING transaction (and the reverse); exit 1 on damage'
-complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup help" -f -a "backup" -d 'Write a consistent, fsync\'d copy of the database file to DEST (not while the daemon runs: redb locks the file)'
-complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c webhookd -n "__fish_webhookd_using_subcommand check-map" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand check-map" -s h -l help -d 'Print help'
+complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup check-map help" -f -a "inspect" -d 'Print one stored transaction as JSON, as `GET /v1/transactions/{id}` shows it'
+complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup check-map help" -f -a "export" -d 'Write every stored transaction to stdout, one JSON object per line, in arrival order'
+complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup check-map help" -f -a "check" -d 'Verify that every record decodes and every pending job matches a PROCESSING transaction (and the reverse); exit 1 on damage'
+complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup check-map help" -f -a "backup" -d 'Write a consistent, fsync\'d copy of the database file to DEST (not while the daemon runs: redb locks the file)'
+complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup check-map help" -f -a "check-map" -d 'Print the transaction SAMPLE would become under the payload map FILE, or the answer that would refuse it (no data dir or daemon needed); exit 1 if it would be refused, 2 if FILE does not load'
+complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup check-map help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -18,6 +18,8 @@
 //! - `connection`: HTTP/2 refused cleanly; the write deadline;
 //! - `routes`: routing, logging, the webhook, transaction and metrics handlers;
 //! - `body`: reading a body within its bounds;
+//! - `mapped`: the webhook route with `--payload-map`, and IGNORED answers;
+//! - `original`: `?include=payload` on a transaction;
 //! - `health`: `GET /` and its cached storage probe;
 //! - `listing`: `GET /v1/transactions`, its query and cursors;
 //! - `openapi`: `GET /openapi.json`, the API's `OpenAPI` 3.1 document;
@@ -30,7 +32,9 @@ mod connection;
 mod errors;
 mod health;
 mod listing;
+mod mapped;
 mod openapi;
+mod original;
 mod routes;
 mod untrusted;
 mod warnings;
@@ -50,14 +54,16 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 pub use body::{MAX_BODY_FRAMES, MIN_MEAN_FRAME_BYTES, max_frames};
-pub use errors::{OVERLOADED, SHUTTING_DOWN, STORAGE_FAILING};
+pub use errors::{OVERLOADED, SHUTTING_DOWN, STORAGE_FAILING, rejection_answer};
 pub use health::{HEALTH_PROBE_INTERVAL, HEALTH_PROBE_TIMEOUT};
 pub use listing::DEFAULT_PAGE;
+pub use mapped::ignored_answer;
 pub use openapi::OPENAPI_DOCUMENT;
 pub use untrusted::MAX_ECHOED_CHARS;
 pub use warnings::MAX_WARNINGS_PER_SECOND;
 
 use crate::metrics::Metrics;
+use crate::payload_map::PayloadMap;
 use crate::signature::Verifier;
 use crate::store::Store;
 use crate::store::writer::WriterHandle;
@@ -93,6 +99,7 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     health: health::HealthCheck,
     warnings: warnings::Warnings,
+    payload_map: Option<PayloadMap>,
 }
 
 impl AppState {
@@ -116,7 +123,16 @@ impl AppState {
             metrics,
             health: health::HealthCheck::new(),
             warnings: warnings::Warnings::new(),
+            payload_map: None,
         }
+    }
+
+    /// Maps webhook bodies with `map` (`--payload-map`) instead of reading
+    /// webhookd's own shape, and keeps each body with its transaction.
+    #[must_use]
+    pub fn with_payload_map(mut self, map: Option<PayloadMap>) -> Self {
+        self.payload_map = map;
+        self
     }
 }
 

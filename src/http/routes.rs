@@ -18,12 +18,14 @@ use serde::Serialize;
 
 use super::body::{self, BodyError};
 use super::errors::{AboutTransaction, ApiError, Rejection, close_connection, json, json_bytes};
-use super::{AppState, health, listing, openapi, untrusted};
+use super::original::{self, Include};
+use super::{AppState, health, listing, mapped, openapi, untrusted};
 use crate::clock::now_ms;
 use crate::metrics::{Format, Route, WebhookOutcome};
 use crate::model;
+use crate::store::Store;
 use crate::store::writer::AcceptOutcome;
-use crate::view::transaction_json;
+use crate::view::{transaction_json, transaction_json_with_payload};
 
 const WEBHOOKS_PATH: &str = "/v1/webhooks/transactions";
 const TRANSACTIONS_PATH: &str = "/v1/transactions";
@@ -118,7 +120,10 @@ async fn dispatch(
         Route::OpenApi if method == Method::GET => openapi::document(),
         Route::Transaction if method == Method::GET => {
             let raw_id = request.uri().path()[TRANSACTIONS_PREFIX.len()..].to_owned();
-            status(state, &raw_id).await
+            match original::parse_query(request.uri().query()) {
+                Ok(include) => status(state, &raw_id, include).await,
+                Err(e) => e.response(),
+            }
         }
         Route::Transactions if method == Method::GET => {
             listing::list(state, request.uri().query()).await
@@ -173,7 +178,8 @@ struct Accepted<'a> {
 }
 
 /// Checks run in the documented order: 415, 413, 401 (when signatures are
-/// on; over the raw body, before parsing), 400, 422, then the write.
+/// on; over the raw body, before parsing), 400, 422 (or, with a payload
+/// map, 200 for an event it does not take), then the write.
 async fn receive(
     state: &AppState,
     request: Request<Incoming>,
@@ -216,7 +222,17 @@ async fn receive(
             .verify(&headers, &body, now)
             .map_err(|rejection| ApiError::InvalidSignature(rejection.0).response())?;
     }
-    let transaction = model::parse_payload(&body).map_err(|e| ApiError::from(e).response())?;
+    // Without a payload map: webhookd's own shape, and nothing else kept.
+    let (transaction, original) = match &state.payload_map {
+        None => (
+            model::parse_payload(&body).map_err(|e| ApiError::from(e).response())?,
+            None,
+        ),
+        Some(map) => match mapped::map(state, map, &headers, body) {
+            mapped::Outcome::Store(transaction, original) => (transaction, Some(original)),
+            mapped::Outcome::Answer(response) => return Err(response),
+        },
+    };
     let id = transaction.transaction_id.clone();
     let about = |mut response: Response<Full<Bytes>>| {
         response
@@ -224,11 +240,16 @@ async fn receive(
             .insert(AboutTransaction(id.clone()));
         response
     };
-    let outcome = state
-        .writer
-        .accept(transaction)
-        .await
-        .map_err(|e| about(ApiError::from(&e).response()))?;
+    let outcome = match original {
+        None => state.writer.accept(transaction).await,
+        Some(original) => {
+            state
+                .writer
+                .accept_with_original(transaction, original)
+                .await
+        }
+    }
+    .map_err(|e| about(ApiError::from(&e).response()))?;
     let (status, duplicate) = match outcome {
         // Counted as accepted by the writer, once committed: also when
         // this client is gone before its answer.
@@ -266,7 +287,7 @@ fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
 
 // --- GET /v1/transactions/{id} -------------------------------------------
 
-async fn status(state: &AppState, raw_id: &str) -> Response<Full<Bytes>> {
+async fn status(state: &AppState, raw_id: &str, include: Include) -> Response<Full<Bytes>> {
     // Ids are UTF-8 by validation, so a path that does not decode to UTF-8
     // cannot name a stored transaction.
     let Ok(id) = percent_encoding::percent_decode_str(raw_id).decode_utf8() else {
@@ -277,8 +298,37 @@ async fn status(state: &AppState, raw_id: &str) -> Response<Full<Bytes>> {
     }
     let id = id.into_owned();
     let store = state.store.clone();
+    if include.payload {
+        return with_payload(store, id).await;
+    }
     match tokio::task::spawn_blocking(move || store.get(&id)).await {
         Ok(Ok(Some(record))) => json_bytes(StatusCode::OK, transaction_json(&record)),
+        Ok(Ok(None)) => ApiError::NotFound("no such transaction").response(),
+        Ok(Err(e)) => ApiError::read_failed(format!("transaction read failed: {e}")).response(),
+        Err(e) => ApiError::read_failed(format!("transaction read task failed: {e}")).response(),
+    }
+}
+
+/// `?include=payload`: the transaction and the body it arrived with.
+async fn with_payload(store: Store, id: String) -> Response<Full<Bytes>> {
+    match tokio::task::spawn_blocking(move || store.get_with_original(&id)).await {
+        Ok(Ok(Some((record, original)))) => {
+            let payload = match &original {
+                None => None,
+                Some(original) => match std::str::from_utf8(&original.body) {
+                    Ok(body) => Some((original.content_type.as_str(), body)),
+                    // Decoding checks this; only damage gets here.
+                    Err(e) => {
+                        return ApiError::read_failed(format!("original body read failed: {e}"))
+                            .response();
+                    }
+                },
+            };
+            json_bytes(
+                StatusCode::OK,
+                transaction_json_with_payload(&record, payload),
+            )
+        }
         Ok(Ok(None)) => ApiError::NotFound("no such transaction").response(),
         Ok(Err(e)) => ApiError::read_failed(format!("transaction read failed: {e}")).response(),
         Err(e) => ApiError::read_failed(format!("transaction read task failed: {e}")).response(),

@@ -24,6 +24,8 @@ pub struct CheckReport {
     pub processed: u64,
     /// Pending jobs: rows and the log's tail.
     pub pending_jobs: usize,
+    /// Original bodies kept (`--payload-map`).
+    pub original_bodies: u64,
     /// Every inconsistency, one sentence each; empty when all is well.
     pub problems: Vec<String>,
 }
@@ -38,13 +40,15 @@ impl Store {
     /// every record up to the id merge's watermark and every tombstone
     /// under its id's hash and holds nothing else; a tombstone stands where
     /// no record is; the listing and retention indexes hold exactly one
-    /// matching row per transaction they cover.
+    /// matching row per transaction they cover; every original body
+    /// belongs to a stored transaction and decodes.
     pub fn check(&self) -> Result<CheckReport, StoreError> {
         let (snapshot, tail_jobs) = self.snapshot_with_tail_jobs(JobsPick::All)?;
         let mut report = CheckReport::default();
         // log key → (id, status, processed_at) of every decodable record.
         let mut records: HashMap<u64, Checked> = HashMap::new();
         let mut key_of_id: HashMap<String, u64> = HashMap::new();
+        let mut undecodable: HashSet<u64> = HashSet::new();
         let problems = &mut report.problems;
         for_each_in(&snapshot, |key, record| {
             report.transactions += 1;
@@ -66,7 +70,10 @@ impl Store {
                     }
                     records.insert(key, (id, record.status, record.processed_at_ms));
                 }
-                Err(e) => problems.push(format!("record at log key {key} does not decode: {e}")),
+                Err(e) => {
+                    undecodable.insert(key);
+                    problems.push(format!("record at log key {key} does not decode: {e}"));
+                }
             }
             true
         })?;
@@ -101,6 +108,11 @@ impl Store {
         let listed = check_listing_rows(&records, &keys(&snapshot, LOG_BY_STATUS)?, problems);
         let retained =
             check_retention_rows(&records, &keys(&snapshot, LOG_BY_PROCESSED_AT)?, problems);
+        report.original_bodies = super::payloads::check(
+            &snapshot,
+            &|key| records.contains_key(&key) || undecodable.contains(&key),
+            problems,
+        )?;
         let ids_upto = snapshot.watermark(IDS_INDEXED_UPTO_KEY)?;
         let rows_upto = snapshot.watermark(ROWS_INDEXED_UPTO_KEY)?;
         for (key, (id, status, _)) in &records {

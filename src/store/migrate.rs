@@ -18,6 +18,8 @@
 //!   `id_hashes` ([`super::ids`]), in one commit.
 //! - 4 → 5: adds `id_tombstones` ([`super::tombstones`]), empty: what
 //!   schema 4 purged is not deduplicated. One commit.
+//! - 5 → 6: adds `payloads` ([`super::payloads`]), empty: transactions
+//!   stored before have no original body. One commit.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -28,8 +30,8 @@ use super::encoding::{self, DecodeError};
 use super::ids::IdHasher;
 use super::schema::{
     ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
-    LOG_BY_STATUS, META, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY, next_log_key,
-    status_key,
+    LOG_BY_STATUS, META, PAYLOADS, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
+    next_log_key, status_key,
 };
 use crate::model::Status;
 
@@ -77,6 +79,7 @@ pub(crate) fn to_current(
             2 => from_v2(db)?,
             3 => from_v3(db, id_hasher)?,
             4 => from_v4(db)?,
+            5 => from_v5(db)?,
             // No such version was ever written: left as it is.
             _ => return Ok(()),
         });
@@ -139,6 +142,16 @@ fn from_v4(db: &Database) -> Result<u64, MigrationError> {
     txn.commit()?;
     tracing::info!("migrated the database from schema version 4 to 5");
     Ok(5)
+}
+
+/// Schema 5 → 6: the table of original bodies, empty. One commit.
+fn from_v5(db: &Database) -> Result<u64, MigrationError> {
+    let txn = db.begin_write()?;
+    txn.open_table(PAYLOADS)?;
+    txn.open_table(META)?.insert(SCHEMA_VERSION_KEY, 6)?;
+    txn.commit()?;
+    tracing::info!("migrated the database from schema version 5 to 6");
+    Ok(6)
 }
 
 /// Schema 1 → 4 (see the module doc).

@@ -11,6 +11,7 @@
 //! | `log_by_status` | (status, log key) → () | the listing filtered by status |
 //! | `log_by_processed_at` | (`processed_at`, log key) → () | retention, oldest first |
 //! | `id_tombstones` | log key → (end of window, fields digest, id) | deduplicating purged ids ([`tombstones`]) |
+//! | `payloads` | log key → `Content-Type` and body as received | the original of a mapped webhook ([`payloads`]) |
 //! | `meta` | name → number | schema version, id hash key, the two watermarks |
 //!
 //! A log key is `created_ms << 20 | n` ([`next_log_key`]): records are
@@ -20,9 +21,11 @@
 //!
 //! # The log and its tail
 //!
-//! The log is the truth; every other table but `id_tombstones` is an index
-//! of it. Accepting a webhook writes only its log entry, whose record
-//! carries its due time, so the commit a 202 waits for touches one table.
+//! The log is the truth; every other table but `id_tombstones` and
+//! `payloads` is an index of it. Accepting a webhook writes only its log
+//! entry, whose record carries its due time, so the commit a 202 waits for
+//! touches one table (two with `--payload-map`, which keeps the original
+//! body beside it).
 //! Processing rewrites the record, moves its listing row and adds its
 //! retention row in the same transaction; a purge deletes the record with
 //! its listing and retention rows and writes its tombstone in one. The id
@@ -62,6 +65,7 @@ pub mod ids;
 pub mod migrate;
 mod open;
 pub mod overlay;
+pub mod payloads;
 mod read;
 pub mod reopen;
 pub mod schema;
@@ -216,6 +220,15 @@ pub enum StoreError {
         /// Why it does not decode.
         #[source]
         source: encoding::DecodeError,
+    },
+    /// The original body kept with a record cannot be decoded.
+    #[error("the original body of stored record {key} cannot be read: {source}")]
+    CorruptOriginal {
+        /// Log key of the record.
+        key: u64,
+        /// Why it does not decode.
+        #[source]
+        source: payloads::DecodeError,
     },
 }
 

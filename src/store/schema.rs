@@ -8,7 +8,7 @@ use crate::model::Status;
 /// Version of the table layout this build reads and writes. A file with a
 /// higher version was written by a newer webhookd and is refused unchanged;
 /// a lower one is migrated on open ([`super::migrate`]).
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 6;
 
 /// Key in `meta`: the schema version.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
@@ -46,6 +46,9 @@ pub(crate) const LOG_BY_PROCESSED_AT: TableDefinition<(u64, u64), ()> =
 /// ([`super::tombstones`]). Its `id_hashes` row stays while this does.
 pub(crate) const ID_TOMBSTONES: TableDefinition<u64, (u64, [u8; 32], &str)> =
     TableDefinition::new("id_tombstones");
+/// Log key → the body as received and its `Content-Type`
+/// ([`super::payloads`]); written only with `--payload-map`.
+pub(crate) const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 /// Name → number: the version, the watermarks, the id hash key.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 

@@ -32,6 +32,7 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::encoding::DecodeError;
+use super::payloads::OriginalBody;
 use super::{Job, Store, StoreError};
 use crate::clock::now_ms;
 use crate::heartbeat::Heartbeat;
@@ -120,6 +121,8 @@ pub enum SpawnError {
 enum Command {
     Accept {
         transaction: NewTransaction,
+        /// The body as received, kept beside a new record (`--payload-map`).
+        original: Option<Box<OriginalBody>>,
         reply: oneshot::Sender<Result<AcceptOutcome, WriteError>>,
     },
     Complete {
@@ -154,8 +157,32 @@ impl WriterHandle {
     ///
     /// Never waits for queue space: a full queue is [`WriteError::QueueFull`].
     pub async fn accept(&self, transaction: NewTransaction) -> Result<AcceptOutcome, WriteError> {
+        self.send_accept(transaction, None).await
+    }
+
+    /// [`WriterHandle::accept`], keeping `original` (the body the
+    /// transaction was mapped from) in the same write transaction as a
+    /// new record; a duplicate or a conflict keeps nothing.
+    pub async fn accept_with_original(
+        &self,
+        transaction: NewTransaction,
+        original: OriginalBody,
+    ) -> Result<AcceptOutcome, WriteError> {
+        self.send_accept(transaction, Some(Box::new(original)))
+            .await
+    }
+
+    async fn send_accept(
+        &self,
+        transaction: NewTransaction,
+        original: Option<Box<OriginalBody>>,
+    ) -> Result<AcceptOutcome, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.try_send(Command::Accept { transaction, reply })?;
+        self.try_send(Command::Accept {
+            transaction,
+            original,
+            reply,
+        })?;
         answer.await.map_err(|_| WriteError::Closed)?
     }
 
