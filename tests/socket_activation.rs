@@ -84,7 +84,7 @@ fn connections_made_while_it_restarts_are_answered_by_the_next_daemon() {
                 .set_read_timeout(Some(std::time::Duration::from_secs(30)))
                 .unwrap();
             let request = format!(
-                "GET /v1/transactions/txn_before_restart?{i} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+                "GET /v1/transactions/txn_before_restart HTTP/1.1\r\nHost: test\r\nX-Waiting: {i}\r\nConnection: close\r\n\r\n"
             );
             stream.write_all(request.as_bytes()).unwrap();
             stream
