@@ -13,12 +13,17 @@
 //! - [`scheduler`]: fires due jobs, in due order, from the store;
 //! - [`retention`]: `--retention`, deletes old PROCESSED transactions;
 //! - [`signature`]: optional webhook signature verification;
-//! - [`shutdown`]: SIGTERM/SIGINT handling;
+//! - [`tls`]: the rustls crypto provider, HTTPS certificates and keys;
+//! - [`admin_token`]: the bearer token of the admin routes;
+//! - [`secret_files`]: reading key and token files, warnings about their modes;
+//! - [`reload`]: SIGHUP reloads of the certificate, key and admin token;
+//! - [`shutdown`]: SIGTERM/SIGINT/SIGHUP handling;
 //! - [`view`]: how a transaction and a time are shown (API, `inspect`, `export`, logs).
 //!
-//! Each depends only on those below it: `http` on `store`, `metrics` and
-//! `model`; `store` on `metrics`, `model` and `clock`; `cli` and `model`
-//! on none of them.
+//! Each depends only on those below it: `http` on `store`, `metrics`,
+//! `model` and `admin_token`; `store` on `metrics`, `model` and `clock`;
+//! `reload` on `tls` and `admin_token`, which use `secret_files`; `cli`
+//! and `model` on none of them.
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
 //! → drain requests → stop the scheduler → flush and stop the writer.
@@ -28,16 +33,20 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_token;
 pub mod cli;
 pub mod clock;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod reload;
 pub mod retention;
 pub mod scheduler;
+pub mod secret_files;
 pub mod shutdown;
 pub mod signature;
 pub mod store;
+pub mod tls;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -45,7 +54,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin_token::{AdminTokens, TokenCell};
 use crate::cli::Config;
+use crate::reload::Reloader;
 use crate::retention::Retention;
 use crate::scheduler::Scheduler;
 use crate::shutdown::ShutdownSignals;
@@ -62,6 +73,12 @@ pub enum Error {
     /// The signature verification settings are unusable.
     #[error(transparent)]
     Signature(#[from] signature::ConfigError),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The admin token file is unusable.
+    #[error(transparent)]
+    AdminToken(#[from] admin_token::TokenError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -96,7 +113,7 @@ impl Error {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Signature(_) => cli::USAGE_EXIT_CODE,
+            Error::Signature(_) | Error::Tls(_) | Error::AdminToken(_) => cli::USAGE_EXIT_CODE,
             Error::Open(_)
             | Error::Listen { .. }
             | Error::Start { .. }
@@ -171,6 +188,49 @@ fn warn_if_open_to_others(listen: SocketAddr, signed: bool) {
     }
 }
 
+/// The certificate, key and admin token files the command line names,
+/// read and checked, with what reloads them on SIGHUP.
+struct Secrets {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    admin_tokens: Option<Arc<TokenCell>>,
+    reloader: Arc<Reloader>,
+}
+
+impl Secrets {
+    fn load(config: &Config) -> Result<Secrets, Error> {
+        let mut reloader = Reloader::new();
+        let mut tls = None;
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            let files = tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            let cell = Arc::new(tls::CertificateCell::new(tls::load(&files)?));
+            tls = Some(tls::server_config(Arc::clone(&cell)));
+            reloader = reloader.tls(files, cell);
+        }
+        let mut admin_tokens = None;
+        if let Some(path) = &config.admin_token_file {
+            let cell = Arc::new(TokenCell::new(AdminTokens::from_file(path)?));
+            admin_tokens = Some(Arc::clone(&cell));
+            reloader = reloader.token(path.clone(), cell);
+        }
+        Ok(Secrets {
+            tls,
+            admin_tokens,
+            reloader: Arc::new(reloader),
+        })
+    }
+
+    /// One warning for each secret file other users can read.
+    fn warn_if_readable_by_others(&self, config: &Config) {
+        self.reloader.warn_if_readable_by_others();
+        if let Some(path) = &config.signing_secrets_file {
+            secret_files::warn_if_readable_by_others(path, "--signing-secrets-file");
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT, then shuts it down in order.
 ///
 /// Nothing is logged before the store is open, so a start-up failure is
@@ -192,6 +252,7 @@ pub fn run_with(
         config.signing_secrets_file.as_deref(),
         config.signature_header.as_deref(),
     )?;
+    let secrets = Secrets::load(config)?;
     let store = Store::open_with(&config.data_dir, &*options.storage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -222,6 +283,7 @@ pub fn run_with(
 
     let pending_jobs = store.pending_jobs().unwrap_or_default();
     warn_if_open_to_others(config.listen, verifier.is_some());
+    secrets.warn_if_readable_by_others(config);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %config.data_dir.display(),
@@ -231,6 +293,8 @@ pub fn run_with(
         max_connections = config.max_connections,
         signatures = config.signature_scheme.map_or("off", signature::Scheme::name),
         access_log = config.access_log,
+        tls = if secrets.tls.is_some() { "on" } else { "off" },
+        admin_token = if secrets.admin_tokens.is_some() { "on" } else { "off" },
         retention = %config
             .retention
             .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
@@ -247,20 +311,31 @@ pub fn run_with(
         body_read_timeout: config.body_read_timeout,
         write_timeout: config.write_timeout,
     };
-    let state = Arc::new(http::AppState::new(
+    let mut state = http::AppState::new(
         store,
         parts.writer.clone(),
         limits,
         verifier,
         config.access_log,
         metrics,
-    ));
+    );
+    if let Some(tokens) = secrets.admin_tokens {
+        state = state.with_admin_tokens(tokens);
+    }
+    let reloads = signals
+        .as_ref()
+        .map(|signals| runtime.spawn(reload::run(secrets.reloader, signals.reloads())));
     runtime.block_on(http::serve(
         listener,
-        state,
+        secrets.tls,
+        Arc::new(state),
         shutdown,
         config.shutdown_grace,
     ));
+    if let Some(reloads) = reloads {
+        reloads.abort();
+        let _ = runtime.block_on(reloads);
+    }
 
     // Every connection has ended, so the scheduler and retention hold the
     // last writer handles; once they stop, the writer drains its queue and

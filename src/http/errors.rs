@@ -68,6 +68,8 @@ pub(super) enum ApiError {
     },
     BodyTimeout(Duration),
     InvalidSignature(&'static str),
+    /// An admin route without the admin token (never quoting what was sent).
+    Unauthorized(&'static str),
 }
 
 #[derive(Serialize)]
@@ -175,6 +177,12 @@ impl ApiError {
                 format!("webhook signature rejected: {reason}"),
                 None,
             ),
+            ApiError::Unauthorized(reason) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                (*reason).to_owned(),
+                None,
+            ),
             ApiError::BodyTimeout(limit) => (
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
@@ -207,15 +215,21 @@ impl ApiError {
             message,
             detail,
         });
-        match self {
-            ApiError::MethodNotAllowed(allow) => {
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(allow));
-            }
-            ApiError::Unavailable { .. } => response = with_retry_after(response),
-            _ => {}
-        }
+        self.with_headers(response)
+    }
+
+    /// The headers some errors carry besides the body.
+    fn with_headers(&self, mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+        let (name, value) = match self {
+            ApiError::MethodNotAllowed(allow) => (header::ALLOW, HeaderValue::from_static(allow)),
+            ApiError::Unavailable { .. } => return with_retry_after(response),
+            ApiError::Unauthorized(_) => (
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"webhookd admin\""),
+            ),
+            _ => return response,
+        };
+        response.headers_mut().insert(name, value);
         response
     }
 }
