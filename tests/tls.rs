@@ -192,8 +192,8 @@ fn list16(items: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A TLS ClientHello offering only `version` (0x0301 is TLS 1.0, 0x0302
-/// TLS 1.1, 0x0303 TLS 1.2), with no supported_versions extension, as an
+/// A TLS `ClientHello` offering only `version` (0x0301 is TLS 1.0, 0x0302
+/// TLS 1.1, 0x0303 TLS 1.2), with no `supported_versions` extension, as an
 /// old client sends it; its suites, groups and signature algorithms are
 /// ones the server has, so only the version can stand in the way.
 fn client_hello(version: u16) -> Vec<u8> {

@@ -12,6 +12,9 @@ use std::path::Path;
 use common::{Daemon, assert_one_line_failure, run_to_exit};
 use tls_support::{Ca, assert_holds_no_secret, key_fragments, write_file};
 
+/// An environment variable and its value.
+type Env<'a> = (&'a str, &'a str);
+
 /// Runs webhookd on `data` (which must not exist) expecting exit 2 with
 /// one line; returns the line.
 #[track_caller]
@@ -37,7 +40,7 @@ fn a_certificate_without_its_key_or_the_reverse_refuses_to_start_naming_both_fla
     let cert = write_file(dir.path(), "cert.pem", &issued.chain_pem, 0o600);
     let key = write_file(dir.path(), "key.pem", &issued.key_pem, 0o600);
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let cases: [(Vec<&str>, Vec<(&str, &str)>); 4] = [
+    let cases: [(Vec<&str>, Vec<Env>); 4] = [
         (vec!["--tls-cert", cert], vec![]),
         (vec!["--tls-key", key], vec![]),
         (vec![], vec![("WEBHOOKD_TLS_CERT", cert)]),

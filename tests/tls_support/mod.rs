@@ -451,7 +451,7 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// The error code of a RST_STREAM or GOAWAY.
+    /// The error code of a `RST_STREAM` or `GOAWAY`.
     pub fn error_code(&self) -> u32 {
         let at = if self.kind == GOAWAY { 4 } else { 0 };
         u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
@@ -486,6 +486,7 @@ pub async fn read_frame(
 /// base64 line, every 24 characters of the base64 text, the first bytes of
 /// the DER in hex and as a Rust byte list.
 pub fn key_fragments(key_pem: &str) -> Vec<String> {
+    use base64::Engine as _;
     let body: String = key_pem
         .lines()
         .filter(|l| !l.starts_with("-----"))
@@ -502,7 +503,6 @@ pub fn key_fragments(key_pem: &str) -> Vec<String> {
             .filter(|c| c.len() == 24)
             .map(|c| c.iter().collect()),
     );
-    use base64::Engine as _;
     let der = base64::engine::general_purpose::STANDARD
         .decode(body.as_bytes())
         .unwrap();
