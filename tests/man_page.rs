@@ -74,7 +74,11 @@ fn render_man_page() -> String {
         "SIGTERM or SIGINT starts a graceful shutdown: stop accepting connections, \
              let in-flight requests finish for up to --shutdown-grace, \
              then exit 0 with every acknowledged transaction on disk. \
-             A second signal cuts the grace period short.",
+             A second signal cuts the grace period short. \
+             SIGHUP (systemctl reload webhookd) re-reads --tls-cert, --tls-key and \
+             --admin-token-file: new connections and requests use them, open connections \
+             are kept, and if a file is unusable the previous ones stay in use and one \
+             line in the log says why. It never stops the daemon.",
     )]);
     roff.control("SH", ["EXIT STATUS"])
         .control("TP", [])
@@ -89,7 +93,9 @@ fn render_man_page() -> String {
         .control("TP", [])
         .text([bold("2")])
         .text([roman(
-            "Bad command line or option value (restarting will not help).",
+            "Bad command line or option value, or an unusable file it names \
+             (TLS certificate or key, admin token or signing secrets file); \
+             restarting will not help.",
         )])
         .control("TP", [])
         .text([bold("130")])
