@@ -341,3 +341,36 @@ fn an_expired_or_wrong_host_certificate_is_the_clients_error_and_the_daemon_keep
     assert_eq!(right_name.post(&payload("txn_other_host", "1")).status, 202);
     stop_and_check_stderr(daemon, &other_host);
 }
+
+#[test]
+fn sigterm_does_not_wait_for_idle_http2_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let issued = ca.issue(&["localhost"]);
+    let daemon = https_daemon(dir.path(), &issued, &["--shutdown-grace", "30s"]);
+    let runtime = runtime();
+    let mut client = runtime.block_on(H2Client::connect(daemon.addr, &ca));
+    assert_eq!(
+        runtime
+            .block_on(client.post(&payload("txn_before_stop", "1")))
+            .status,
+        202
+    );
+    let started = Instant::now();
+    daemon.terminate();
+    let (status, stderr) = daemon.wait_exit(DEADLINE_AFTER_TERM);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}: the idle HTTP/2 connection held the shutdown",
+        started.elapsed()
+    );
+    assert!(!stderr.contains("grace period over"), "{stderr}");
+    // The client saw a clean end (GOAWAY), not a reset.
+    let ended = runtime.block_on(client.driver).unwrap();
+    assert!(ended.is_ok(), "{ended:?}");
+}
+
+/// Longer than the test's grace period, so a hang shows as a failure of
+/// the assertion on the time taken, not of the wait.
+const DEADLINE_AFTER_TERM: Duration = Duration::from_secs(60);
