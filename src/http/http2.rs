@@ -19,7 +19,7 @@
 //!   `GOAWAY`, then the close if the client does not end it first).
 //!
 //! hyper runs each stream as a task on the executor it is given:
-//! [`StreamTasks`], whose tasks the server owns and ends at shutdown.
+//! `StreamTasks`, whose tasks the server owns and ends at shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;

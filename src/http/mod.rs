@@ -140,7 +140,7 @@ impl AppState {
 /// (HTTP/2 where ALPN chose it, else HTTP/1.1).
 ///
 /// Every connection task is owned by a `JoinSet`, and every HTTP/2 stream
-/// task by [`http2::StreamTasks`]; when this returns, all of them have
+/// task by the server's `http2::StreamTasks`; when this returns, all of them have
 /// ended, and with them their handles to the writer.
 pub async fn serve(
     listener: TcpListener,
