@@ -18,6 +18,8 @@
 //! - [`secret_files`]: reading key and token files, warnings about their modes;
 //! - [`reload`]: SIGHUP reloads of the certificate, key and admin token;
 //! - [`shutdown`]: SIGTERM/SIGINT/SIGHUP handling;
+//! - [`systemd`]: readiness, status, watchdog and socket activation under systemd;
+//! - [`heartbeat`]: the progress marks the watchdog reads from the writer and scheduler;
 //! - [`view`]: how a transaction and a time are shown (API, `inspect`, `export`, logs).
 //!
 //! Each depends only on those below it: `http` on `store`, `metrics`,
@@ -36,6 +38,7 @@ pub mod admin;
 pub mod admin_token;
 pub mod cli;
 pub mod clock;
+pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -46,6 +49,7 @@ pub mod secret_files;
 pub mod shutdown;
 pub mod signature;
 pub mod store;
+pub mod systemd;
 pub mod tls;
 pub mod view;
 
@@ -100,6 +104,9 @@ pub enum Error {
     /// The store writer could not start.
     #[error(transparent)]
     Writer(#[from] writer::SpawnError),
+    /// The socket systemd passed cannot be served.
+    #[error(transparent)]
+    Activation(#[from] systemd::ActivationError),
     /// The store writer thread panicked; acknowledged data is still on disk.
     #[error("the store writer thread panicked")]
     WriterPanicked,
@@ -113,7 +120,9 @@ impl Error {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Signature(_) | Error::Tls(_) | Error::AdminToken(_) => cli::USAGE_EXIT_CODE,
+            Error::Signature(_) | Error::Activation(_) | Error::Tls(_) | Error::AdminToken(_) => {
+                cli::USAGE_EXIT_CODE
+            }
             Error::Open(_)
             | Error::Listen { .. }
             | Error::Start { .. }
@@ -231,6 +240,72 @@ impl Secrets {
     }
 }
 
+/// The listener: the socket systemd passed if it passed one (then
+/// `--listen` is not used), else `listen` bound now.
+fn listen(
+    runtime: &tokio::runtime::Runtime,
+    listen: SocketAddr,
+    activated: Option<std::net::TcpListener>,
+) -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
+    let socket_activated = activated.is_some();
+    let listener = match activated {
+        Some(socket) => socket
+            .set_nonblocking(true)
+            .and_then(|()| {
+                let _runtime = runtime.enter();
+                tokio::net::TcpListener::from_std(socket)
+            })
+            .map_err(|source| Error::Start {
+                what: "listener systemd passed",
+                source,
+            })?,
+        None => runtime
+            .block_on(tokio::net::TcpListener::bind(listen))
+            .map_err(|source| Error::Listen {
+                addr: listen,
+                source,
+            })?,
+    };
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: listen,
+        source,
+    })?;
+    if socket_activated {
+        tracing::info!(
+            %addr,
+            "serving the socket systemd passed (socket activation); --listen is not used"
+        );
+    }
+    Ok((listener, addr))
+}
+
+/// The start-up line: version, settings, pending jobs, and the ready line's
+/// `listening on` text.
+fn log_ready(config: &Config, addr: SocketAddr, signed: bool, secrets: &Secrets, store: &Store) {
+    let pending_jobs = store.pending_jobs().unwrap_or_default();
+    warn_if_open_to_others(addr, signed);
+    secrets.warn_if_readable_by_others(config);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %config.data_dir.display(),
+        process_delay = %humantime::format_duration(config.process_delay),
+        max_body_bytes = config.max_body_bytes,
+        queue_depth = config.queue_depth,
+        max_connections = config.max_connections,
+        signatures = config.signature_scheme.map_or("off", signature::Scheme::name),
+        access_log = config.access_log,
+        tls = if secrets.tls.is_some() { "on" } else { "off" },
+        admin_token = if secrets.admin_tokens.is_some() { "on" } else { "off" },
+        retention = %config
+            .retention
+            .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
+        dedup_window = %humantime::format_duration(config.dedup_window),
+        pending_jobs,
+        "{}",
+        http::ready_line(addr)
+    );
+}
+
 /// Runs the daemon until SIGTERM/SIGINT, then shuts it down in order.
 ///
 /// Nothing is logged before the store is open, so a start-up failure is
@@ -253,22 +328,21 @@ pub fn run_with(
         config.signature_header.as_deref(),
     )?;
     let secrets = Secrets::load(config)?;
-    let store = Store::open_with(&config.data_dir, &*options.storage)?;
+    let activated = systemd::activated_listener()?;
+    let notifier = Arc::new(systemd::Notifier::from_env());
+    // Crash repair and schema migrations run here; systemd is told that
+    // start-up goes on for as long as they take.
+    let store = systemd::while_starting(
+        &notifier,
+        "opening the database (repairing or migrating it if needed)",
+        || Store::open_with(&config.data_dir, &*options.storage),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")
         .build()
         .map_err(start_error("async runtime"))?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(config.listen))
-        .map_err(|source| Error::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| Error::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) = listen(&runtime, config.listen, activated)?;
 
     let metrics = Arc::new(metrics::Metrics::new());
     let parts = Parts::start(config, &store, &metrics)?;
@@ -281,28 +355,26 @@ pub fn run_with(
         }
     };
 
-    let pending_jobs = store.pending_jobs().unwrap_or_default();
-    warn_if_open_to_others(config.listen, verifier.is_some());
-    secrets.warn_if_readable_by_others(config);
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        data_dir = %config.data_dir.display(),
-        process_delay = %humantime::format_duration(config.process_delay),
-        max_body_bytes = config.max_body_bytes,
-        queue_depth = config.queue_depth,
-        max_connections = config.max_connections,
-        signatures = config.signature_scheme.map_or("off", signature::Scheme::name),
-        access_log = config.access_log,
-        tls = if secrets.tls.is_some() { "on" } else { "off" },
-        admin_token = if secrets.admin_tokens.is_some() { "on" } else { "off" },
-        retention = %config
-            .retention
-            .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
-        dedup_window = %humantime::format_duration(config.dedup_window),
-        pending_jobs,
-        "{}",
-        http::ready_line(addr)
-    );
+    log_ready(config, addr, verifier.is_some(), &secrets, &store);
+    let watched = systemd::Watched {
+        store: store.clone(),
+        writer: parts.writer.clone(),
+        heartbeats: vec![
+            ("store writer", parts.writer.heartbeat()),
+            ("scheduler", parts.scheduler.heartbeat()),
+        ],
+        addr,
+    };
+    let supervisor = match systemd::Supervisor::start(Arc::clone(&notifier), watched) {
+        Ok(supervisor) => supervisor,
+        Err(source) => {
+            let _ = parts.stop();
+            return Err(Error::Start {
+                what: "systemd notification thread",
+                source,
+            });
+        }
+    };
     on_ready(addr);
     let limits = http::Limits {
         max_body_bytes: config.max_body_bytes,
@@ -325,6 +397,13 @@ pub fn run_with(
     let reloads = signals
         .as_ref()
         .map(|signals| runtime.spawn(reload::run(secrets.reloader, signals.reloads())));
+    let shutdown = {
+        let notifier = Arc::clone(&notifier);
+        async move {
+            shutdown.await;
+            notifier.stopping();
+        }
+    };
     runtime.block_on(http::serve(
         listener,
         secrets.tls,
@@ -335,6 +414,9 @@ pub fn run_with(
     if let Some(reloads) = reloads {
         reloads.abort();
         let _ = runtime.block_on(reloads);
+    }
+    if let Some(supervisor) = supervisor {
+        supervisor.stop();
     }
 
     // Every connection has ended, so the scheduler and retention hold the

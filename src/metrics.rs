@@ -101,6 +101,8 @@ pub enum Route {
     Transactions,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /openapi.json`.
+    OpenApi,
     /// Any other path.
     Unknown,
 }
@@ -115,6 +117,7 @@ impl Route {
             Route::Transaction => "/v1/transactions/{transaction_id}",
             Route::Transactions => "/v1/transactions",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
             Route::Unknown => "unknown",
         }
     }

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::clock::now_ms;
+use crate::heartbeat::Heartbeat;
 use crate::store::writer::WriterHandle;
 use crate::store::{Store, StoreError};
 
@@ -71,6 +72,7 @@ impl Waker {
 pub struct Scheduler {
     waker: Waker,
     thread: JoinHandle<()>,
+    heartbeat: Heartbeat,
 }
 
 /// Creates the waker before the writer exists; the thread starts with [`Scheduler::start`].
@@ -97,10 +99,23 @@ impl Scheduler {
         nudged: mpsc::Receiver<()>,
     ) -> std::io::Result<Scheduler> {
         let shared = Arc::clone(&waker.shared);
+        let heartbeat = Heartbeat::new();
+        let beats = heartbeat.clone();
         let thread = std::thread::Builder::new()
             .name("scheduler".to_owned())
-            .spawn(move || run(&store, &writer, &shared, &nudged))?;
-        Ok(Scheduler { waker, thread })
+            .spawn(move || run(&store, &writer, &shared, &nudged, &beats))?;
+        Ok(Scheduler {
+            waker,
+            thread,
+            heartbeat,
+        })
+    }
+
+    /// Beats at the start of every round and rests while the thread
+    /// sleeps: the systemd watchdog reads it to tell a round that never ends.
+    #[must_use]
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
     }
 
     /// Stops the thread after its current round and waits for it. Pending
@@ -114,9 +129,16 @@ impl Scheduler {
     }
 }
 
-fn run(store: &Store, writer: &WriterHandle, shared: &Shared, nudged: &mpsc::Receiver<()>) {
+fn run(
+    store: &Store,
+    writer: &WriterHandle,
+    shared: &Shared,
+    nudged: &mpsc::Receiver<()>,
+    heartbeat: &Heartbeat,
+) {
     while !shared.stop.load(Ordering::SeqCst) {
         shared.sleeping_until.store(AWAKE, Ordering::SeqCst);
+        heartbeat.beat();
         let sleep = match round(store, writer) {
             Ok(Round::Completed) => continue,
             Ok(Round::Idle { next_due }) => {
@@ -132,6 +154,7 @@ fn run(store: &Store, writer: &WriterHandle, shared: &Shared, nudged: &mpsc::Rec
                 RETRY_AFTER_ERROR
             }
         };
+        heartbeat.rest();
         match nudged.recv_timeout(sleep) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,

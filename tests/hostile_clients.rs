@@ -325,27 +325,13 @@ fn h2_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     frames
 }
 
-/// Whether curl can be run; under `CI=true` its absence fails the test.
-fn curl_available() -> bool {
-    let found = Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "curl is missing (apt-get install curl)"
-        );
-        eprintln!("SKIPPED: curl is not installed");
-    }
-    found
-}
-
 #[test]
+#[cfg_attr(
+    webhookd_no_curl,
+    ignore = "needs curl (apt-get install curl); never ignored under CI=true"
+)]
 fn curl_sees_a_refusal_for_http2_prior_knowledge_and_http_1_1_for_an_upgrade() {
-    if !curl_available() {
-        return;
-    }
+    common::require(common::requirements::Need::Curl);
     let dir = tempfile::tempdir().unwrap();
     let daemon = start(dir.path(), &[]);
     let url = format!("http://{}/", daemon.addr);

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, payload, tool_or_skip};
+use common::{Daemon, payload};
 use tls_support::{
     Ca, H2Client, Issued, TlsConnection, assert_holds_no_secret, client_config, http1_config,
     http1_config_at, key_fragments, runtime, tls_args,
@@ -111,12 +111,12 @@ fn curl(addr: SocketAddr, ca_file: &std::path::Path, args: &[&str]) -> (i32, Str
 }
 
 #[test]
+#[cfg_attr(
+    webhookd_no_curl,
+    ignore = "needs curl (apt-get install curl); never ignored under CI=true"
+)]
 fn curl_speaks_https_with_tls_1_2_and_1_3_over_http_1_1_and_http_2() {
-    let test = "curl_speaks_https_with_tls_1_2_and_1_3_over_http_1_1_and_http_2";
-    let has_curl = Command::new("curl").arg("--version").output().is_ok();
-    if !tool_or_skip(test, has_curl, "curl (apt-get install curl)") {
-        return;
-    }
+    common::require(common::requirements::Need::Curl);
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new();
     let issued = ca.issue(&["localhost"]);

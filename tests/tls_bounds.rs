@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{DEADLINE, Daemon, payload, poll_until, tool_or_skip};
+use common::{DEADLINE, Daemon, payload, poll_until};
 use http_body_util::Full;
 use tls_support::{
     ACK, CANCEL, Ca, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM, Frame, GOAWAY, H2Client, HEADERS,
@@ -32,14 +32,41 @@ fn https_daemon(dir: &std::path::Path, issued: &Issued, extra: &[&str]) -> Daemo
     Daemon::start(&dir.join("data"), &args)
 }
 
-/// The soft limit on open files of this process (the daemon inherits it).
-fn open_file_limit() -> u64 {
-    std::fs::read_to_string("/proc/self/limits")
-        .unwrap_or_default()
+/// The soft and hard limits on open files of this process.
+fn open_files_limit() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        .unwrap_or(0)
+        .expect("Max open files in /proc/self/limits");
+    let mut numbers = line.split_whitespace().skip(3).map(|w| {
+        if w == "unlimited" {
+            u64::MAX
+        } else {
+            w.parse().expect("a limit")
+        }
+    });
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+/// Raises this process's soft limit (which the daemon inherits) to its
+/// hard limit with prlimit(1) (util-linux), so that both sides can hold
+/// `needed` open files; fails naming the limit if the hard one is lower.
+fn raise_open_files_limit(needed: u64) {
+    let (soft, hard) = open_files_limit();
+    if soft >= needed {
+        return;
+    }
+    assert!(
+        hard >= needed,
+        "this test needs {needed} open files; the hard limit is {hard} (raise it with ulimit -Hn)"
+    );
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status()
+        .expect("run prlimit (util-linux) to raise the open files limit");
+    assert!(status.success(), "prlimit failed");
 }
 
 /// Whether the server has closed `stream` (EOF or reset), without waiting.
@@ -78,15 +105,7 @@ fn keep_posting(
 
 #[test]
 fn a_thousand_connections_that_never_finish_a_handshake_are_closed_by_the_head_deadline() {
-    let test =
-        "a_thousand_connections_that_never_finish_a_handshake_are_closed_by_the_head_deadline";
-    if !tool_or_skip(
-        test,
-        open_file_limit() >= 2500,
-        "ulimit -n of at least 2500",
-    ) {
-        return;
-    }
+    raise_open_files_limit(1500);
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new();
     let issued = ca.issue(&["localhost"]);

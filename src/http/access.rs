@@ -17,8 +17,8 @@ pub enum Exposure {
     /// Anyone who can reach the socket: the health check and the webhook
     /// POST (and unknown paths, which answer 404 and show nothing).
     Public,
-    /// The operator: transactions, listings, metrics. With
-    /// `--admin-token-file`, they need the bearer token.
+    /// The operator: transactions, listings, metrics, the API document.
+    /// With `--admin-token-file`, they need the bearer token.
     Admin,
 }
 
@@ -28,7 +28,9 @@ pub enum Exposure {
 pub fn exposure(route: Route) -> Exposure {
     match route {
         Route::Health | Route::Webhooks | Route::Unknown => Exposure::Public,
-        Route::Transaction | Route::Transactions | Route::Metrics => Exposure::Admin,
+        Route::Transaction | Route::Transactions | Route::Metrics | Route::OpenApi => {
+            Exposure::Admin
+        }
     }
 }
 
@@ -66,7 +68,12 @@ mod tests {
         for route in [Route::Health, Route::Webhooks, Route::Unknown] {
             assert_eq!(exposure(route), Exposure::Public, "{route:?}");
         }
-        for route in [Route::Transaction, Route::Transactions, Route::Metrics] {
+        for route in [
+            Route::Transaction,
+            Route::Transactions,
+            Route::Metrics,
+            Route::OpenApi,
+        ] {
             assert_eq!(exposure(route), Exposure::Admin, "{route:?}");
         }
     }

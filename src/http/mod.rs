@@ -23,6 +23,7 @@
 //! - `body`: reading a body within its bounds;
 //! - `health`: `GET /` and its cached storage probe;
 //! - `listing`: `GET /v1/transactions`, its query and cursors;
+//! - `openapi`: `GET /openapi.json`, the API's `OpenAPI` 3.1 document;
 //! - `errors`: the error answers;
 //! - `untrusted`: escaping what a client sent before it is echoed or logged;
 //! - `warnings`: the rate limit on per-request warnings.
@@ -34,6 +35,7 @@ mod errors;
 mod health;
 pub mod http2;
 mod listing;
+mod openapi;
 mod routes;
 mod untrusted;
 mod warnings;
@@ -57,6 +59,7 @@ pub use body::{MAX_BODY_FRAMES, MIN_MEAN_FRAME_BYTES, max_frames};
 pub use errors::{OVERLOADED, SHUTTING_DOWN, STORAGE_FAILING};
 pub use health::{HEALTH_PROBE_INTERVAL, HEALTH_PROBE_TIMEOUT};
 pub use listing::DEFAULT_PAGE;
+pub use openapi::OPENAPI_DOCUMENT;
 pub use untrusted::MAX_ECHOED_CHARS;
 pub use warnings::MAX_WARNINGS_PER_SECOND;
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::body::{self, BodyError};
 use super::errors::{AboutTransaction, ApiError, Rejection, close_connection, json, json_bytes};
-use super::{AppState, access, health, listing, untrusted};
+use super::{AppState, access, health, listing, openapi, untrusted};
 use crate::clock::now_ms;
 use crate::metrics::{Format, Route, WebhookOutcome};
 use crate::model;
@@ -29,6 +29,7 @@ const WEBHOOKS_PATH: &str = "/v1/webhooks/transactions";
 const TRANSACTIONS_PATH: &str = "/v1/transactions";
 const TRANSACTIONS_PREFIX: &str = "/v1/transactions/";
 const METRICS_PATH: &str = "/metrics";
+const OPENAPI_PATH: &str = "/openapi.json";
 
 /// Routes the request, then counts and logs it.
 pub(super) async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -89,6 +90,7 @@ fn route_of(path: &str) -> Route {
         "/" => Route::Health,
         WEBHOOKS_PATH => Route::Webhooks,
         METRICS_PATH => Route::Metrics,
+        OPENAPI_PATH => Route::OpenApi,
         TRANSACTIONS_PATH => Route::Transactions,
         _ if path.starts_with(TRANSACTIONS_PREFIX) => Route::Transaction,
         _ => Route::Unknown,
@@ -116,6 +118,7 @@ async fn dispatch(
             let format = Format::negotiate(accept.and_then(|v| v.to_str().ok()));
             metrics(state, format).await
         }
+        Route::OpenApi if method == Method::GET => openapi::document(),
         Route::Transaction if method == Method::GET => {
             let raw_id = request.uri().path()[TRANSACTIONS_PREFIX.len()..].to_owned();
             status(state, &raw_id).await
@@ -123,9 +126,11 @@ async fn dispatch(
         Route::Transactions if method == Method::GET => {
             listing::list(state, request.uri().query()).await
         }
-        Route::Health | Route::Metrics | Route::Transaction | Route::Transactions => {
-            ApiError::MethodNotAllowed("GET").response()
-        }
+        Route::Health
+        | Route::Metrics
+        | Route::OpenApi
+        | Route::Transaction
+        | Route::Transactions => ApiError::MethodNotAllowed("GET").response(),
         Route::Webhooks => ApiError::MethodNotAllowed("POST").response(),
         Route::Unknown => ApiError::NotFound("no such path").response(),
     }

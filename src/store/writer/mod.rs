@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::encoding::DecodeError;
 use super::{Job, Store, StoreError};
 use crate::clock::now_ms;
+use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
 use id_merge::{IdMerge, IdStep};
@@ -144,6 +145,7 @@ enum Command {
 pub struct WriterHandle {
     queue: mpsc::Sender<Command>,
     failures: FailureMemory,
+    heartbeat: Heartbeat,
 }
 
 impl WriterHandle {
@@ -208,6 +210,19 @@ impl WriterHandle {
         self.failures.recent().map(|e| e.to_string())
     }
 
+    /// Beats once per batch (and per idle tick, at least every
+    /// [`MERGE_TICK`]): the systemd watchdog reads it to tell a stuck writer.
+    #[must_use]
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
+    /// Commands waiting in the writer's queue now.
+    #[must_use]
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     fn try_send(&self, command: Command) -> Result<(), WriteError> {
         self.queue.try_send(command).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => WriteError::QueueFull,
@@ -252,6 +267,7 @@ pub fn spawn(
 ) -> Result<(WriterHandle, WriterThread), SpawnError> {
     let (queue, commands) = mpsc::channel(queue_depth.max(1));
     let failures = FailureMemory::default();
+    let heartbeat = Heartbeat::new();
     let (rows_indexed_upto, rows_lag) = store.rows_lag()?;
     let writer = Writer {
         last_key: store.last_log_key()?,
@@ -266,6 +282,7 @@ pub fn spawn(
         last_work: Instant::now(),
         buf: Vec::with_capacity(256),
         metrics,
+        heartbeat: heartbeat.clone(),
     };
     // Holds only a weak sender, so it never keeps the writer alive.
     let ticks = queue.downgrade();
@@ -296,7 +313,11 @@ pub fn spawn(
         }
     };
     Ok((
-        WriterHandle { queue, failures },
+        WriterHandle {
+            queue,
+            failures,
+            heartbeat,
+        },
         WriterThread {
             writer,
             ticker,
@@ -323,6 +344,8 @@ struct Writer {
     last_work: Instant,
     buf: Vec<u8>,
     metrics: Arc<Metrics>,
+    /// Beaten once per batch, for the systemd watchdog.
+    heartbeat: Heartbeat,
 }
 
 /// What a batch changed outside its write transaction: undone if its
@@ -386,6 +409,7 @@ impl Writer {
     fn run(mut self, mut commands: mpsc::Receiver<Command>, on_new_jobs: &dyn Fn(u64)) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = commands.blocking_recv() {
+            self.heartbeat.beat();
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match commands.try_recv() {
