@@ -188,11 +188,16 @@ fn shutdown_trigger(trigger: Option<Trigger>) -> Result<(Option<ShutdownSignals>
 
 /// One warning at start when the port is reachable from other hosts and
 /// nothing checks who posts to it.
-fn warn_if_open_to_others(listen: SocketAddr, signed: bool) {
+fn warn_if_open_to_others(listen: SocketAddr, signed: bool, admin_token: bool) {
     if !listen.ip().to_canonical().is_loopback() && !signed {
+        let and_read = if admin_token {
+            ""
+        } else {
+            " and read every transaction"
+        };
         tracing::warn!(
             %listen,
-            "listening beyond this host without --signature-scheme: anyone who can reach {listen} can store webhooks and read every transaction"
+            "listening beyond this host without --signature-scheme: anyone who can reach {listen} can store webhooks{and_read}"
         );
     }
 }
@@ -283,7 +288,7 @@ fn listen(
 /// `listening on` text.
 fn log_ready(config: &Config, addr: SocketAddr, signed: bool, secrets: &Secrets, store: &Store) {
     let pending_jobs = store.pending_jobs().unwrap_or_default();
-    warn_if_open_to_others(addr, signed);
+    warn_if_open_to_others(addr, signed, secrets.admin_tokens.is_some());
     secrets.warn_if_readable_by_others(config);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
