@@ -167,6 +167,23 @@ pub struct Config {
     /// transaction. Without it, bodies must be webhookd's own shape.
     #[arg(long, env = "WEBHOOKD_PAYLOAD_MAP", value_name = "FILE")]
     pub payload_map: Option<PathBuf>,
+    /// Serve HTTPS (TLS 1.2 and 1.3; HTTP/2 and HTTP/1.1) on --listen with
+    /// this PEM certificate chain, the server's certificate first. Given
+    /// with --tls-key, never without; SIGHUP reloads both.
+    #[arg(long, env = "WEBHOOKD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert's first certificate (PKCS#8,
+    /// PKCS#1 RSA or SEC1 EC). Given with --tls-cert, never without.
+    #[arg(long, env = "WEBHOOKD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// File with the admin token, one per line (any listed token is
+    /// accepted; blank lines and # comments ignored). Admin routes (all but
+    /// GET / and the webhook POST) then need `Authorization: Bearer
+    /// <token>`, else 401. SIGHUP reloads it.
+    #[arg(long, env = "WEBHOOKD_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Log one line per request (method, path, status, latency,
     /// transaction id; never payloads or signatures).
@@ -398,7 +415,17 @@ fn check_needed_options(matches: &ArgMatches) -> Result<(), clap::Error> {
             "--dedup-window is set without --retention: the window keeps the ids of transactions that retention purges; set both, or neither\n",
         ));
     }
-    Ok(())
+    match (given("tls_cert"), given("tls_key")) {
+        (true, false) => Err(clap::Error::raw(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "--tls-cert is set without --tls-key: HTTPS needs the certificate chain and its private key; set both, or neither\n",
+        )),
+        (false, true) => Err(clap::Error::raw(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "--tls-key is set without --tls-cert: HTTPS needs the certificate chain and its private key; set both, or neither\n",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Sends `tracing` events to stderr in the chosen format. Colours only when

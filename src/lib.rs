@@ -16,15 +16,20 @@
 //! - [`scheduler`]: fires due jobs, in due order, from the store;
 //! - [`retention`]: `--retention`, deletes old PROCESSED transactions;
 //! - [`signature`]: optional webhook signature verification;
-//! - [`shutdown`]: SIGTERM/SIGINT handling;
+//! - [`tls`]: the rustls crypto provider, HTTPS certificates and keys;
+//! - [`admin_token`]: the bearer token of the admin routes;
+//! - [`secret_files`]: reading key and token files, warnings about their modes;
+//! - [`reload`]: SIGHUP reloads of the certificate, key and admin token;
+//! - [`shutdown`]: SIGTERM/SIGINT/SIGHUP handling;
 //! - [`systemd`]: readiness, status, watchdog and socket activation under systemd;
 //! - [`heartbeat`]: the progress marks the watchdog reads from the writer and scheduler;
 //! - [`view`]: how a transaction and a time are shown (API, `inspect`, `export`, logs).
 //!
 //! Each depends only on those below it: `http` on `store`, `metrics`,
-//! `payload_map` and `model`; `store` on `metrics`, `model` and `clock`;
-//! `payload_map` on `currency` and `model`; `cli` and `model` on none of
-//! them.
+//! `payload_map`, `model` and `admin_token`; `store` on `metrics`, `model`
+//! and `clock`; `payload_map` on `currency` and `model`; `reload` on `tls`
+//! and `admin_token`, which use `secret_files`; `cli` and `model` on none
+//! of them.
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
 //! → drain requests → stop the scheduler → flush and stop the writer.
@@ -34,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_token;
 pub mod check_map;
 pub mod cli;
 pub mod clock;
@@ -43,12 +49,15 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod payload_map;
+pub mod reload;
 pub mod retention;
 pub mod scheduler;
+pub mod secret_files;
 pub mod shutdown;
 pub mod signature;
 pub mod store;
 pub mod systemd;
+pub mod tls;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -56,7 +65,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin_token::{AdminTokens, TokenCell};
 use crate::cli::Config;
+use crate::reload::Reloader;
 use crate::retention::Retention;
 use crate::scheduler::Scheduler;
 use crate::shutdown::ShutdownSignals;
@@ -76,6 +87,12 @@ pub enum Error {
     /// The `--payload-map` file cannot be used.
     #[error(transparent)]
     PayloadMap(#[from] payload_map::LoadError),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The admin token file is unusable.
+    #[error(transparent)]
+    AdminToken(#[from] admin_token::TokenError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -113,9 +130,11 @@ impl Error {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Signature(_) | Error::Activation(_) | Error::PayloadMap(_) => {
-                cli::USAGE_EXIT_CODE
-            }
+            Error::Signature(_)
+            | Error::Activation(_)
+            | Error::PayloadMap(_)
+            | Error::Tls(_)
+            | Error::AdminToken(_) => cli::USAGE_EXIT_CODE,
             Error::Open(_)
             | Error::Listen { .. }
             | Error::Start { .. }
@@ -181,12 +200,60 @@ fn shutdown_trigger(trigger: Option<Trigger>) -> Result<(Option<ShutdownSignals>
 
 /// One warning at start when the port is reachable from other hosts and
 /// nothing checks who posts to it.
-fn warn_if_open_to_others(listen: SocketAddr, signed: bool) {
+fn warn_if_open_to_others(listen: SocketAddr, signed: bool, admin_token: bool) {
     if !listen.ip().to_canonical().is_loopback() && !signed {
+        let and_read = if admin_token {
+            ""
+        } else {
+            " and read every transaction"
+        };
         tracing::warn!(
             %listen,
-            "listening beyond this host without --signature-scheme: anyone who can reach {listen} can store webhooks and read every transaction"
+            "listening beyond this host without --signature-scheme: anyone who can reach {listen} can store webhooks{and_read}"
         );
+    }
+}
+
+/// The certificate, key and admin token files the command line names,
+/// read and checked, with what reloads them on SIGHUP.
+struct Secrets {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    admin_tokens: Option<Arc<TokenCell>>,
+    reloader: Arc<Reloader>,
+}
+
+impl Secrets {
+    fn load(config: &Config) -> Result<Secrets, Error> {
+        let mut reloader = Reloader::new();
+        let mut tls = None;
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            let files = tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            let cell = Arc::new(tls::CertificateCell::new(tls::load(&files)?));
+            tls = Some(tls::server_config(Arc::clone(&cell)));
+            reloader = reloader.tls(files, cell);
+        }
+        let mut admin_tokens = None;
+        if let Some(path) = &config.admin_token_file {
+            let cell = Arc::new(TokenCell::new(AdminTokens::from_file(path)?));
+            admin_tokens = Some(Arc::clone(&cell));
+            reloader = reloader.token(path.clone(), cell);
+        }
+        Ok(Secrets {
+            tls,
+            admin_tokens,
+            reloader: Arc::new(reloader),
+        })
+    }
+
+    /// One warning for each secret file other users can read.
+    fn warn_if_readable_by_others(&self, config: &Config) {
+        self.reloader.warn_if_readable_by_others();
+        if let Some(path) = &config.signing_secrets_file {
+            secret_files::warn_if_readable_by_others(path, "--signing-secrets-file");
+        }
     }
 }
 
@@ -231,9 +298,10 @@ fn listen(
 
 /// The start-up line: version, settings, pending jobs, and the ready line's
 /// `listening on` text.
-fn log_ready(config: &Config, addr: SocketAddr, signed: bool, store: &Store) {
+fn log_ready(config: &Config, addr: SocketAddr, signed: bool, secrets: &Secrets, store: &Store) {
     let pending_jobs = store.pending_jobs().unwrap_or_default();
-    warn_if_open_to_others(addr, signed);
+    warn_if_open_to_others(addr, signed, secrets.admin_tokens.is_some());
+    secrets.warn_if_readable_by_others(config);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %config.data_dir.display(),
@@ -247,6 +315,8 @@ fn log_ready(config: &Config, addr: SocketAddr, signed: bool, store: &Store) {
             .as_deref()
             .map_or_else(|| "off".into(), |path| path.display().to_string()),
         access_log = config.access_log,
+        tls = if secrets.tls.is_some() { "on" } else { "off" },
+        admin_token = if secrets.admin_tokens.is_some() { "on" } else { "off" },
         retention = %config
             .retention
             .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
@@ -255,6 +325,39 @@ fn log_ready(config: &Config, addr: SocketAddr, signed: bool, store: &Store) {
         "{}",
         http::ready_line(addr)
     );
+}
+
+/// The bounds on what one client can hold, from the command line.
+fn limits(config: &Config) -> http::Limits {
+    http::Limits {
+        max_body_bytes: config.max_body_bytes,
+        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: config.header_read_timeout,
+        body_read_timeout: config.body_read_timeout,
+        write_timeout: config.write_timeout,
+    }
+}
+
+/// Starts telling systemd how the daemon is doing (when it runs under
+/// systemd): status lines, and watchdog pings while the writer and the
+/// scheduler make progress.
+fn supervise(
+    notifier: &Arc<systemd::Notifier>,
+    store: &Store,
+    parts: &Parts,
+    addr: SocketAddr,
+) -> Result<Option<systemd::Supervisor>, Error> {
+    let watched = systemd::Watched {
+        store: store.clone(),
+        writer: parts.writer.clone(),
+        heartbeats: vec![
+            ("store writer", parts.writer.heartbeat()),
+            ("scheduler", parts.scheduler.heartbeat()),
+        ],
+        addr,
+    };
+    systemd::Supervisor::start(Arc::clone(notifier), watched)
+        .map_err(start_error("systemd notification thread"))
 }
 
 /// Runs the daemon until SIGTERM/SIGINT, then shuts it down in order.
@@ -272,7 +375,7 @@ pub fn run_with(
     options: RunOptions,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
-    // Checked before the store is touched: bad signature settings change nothing.
+    // Checked before the store is touched: bad settings change nothing.
     let verifier = signature::Verifier::from_config(
         config.signature_scheme,
         config.signing_secrets_file.as_deref(),
@@ -283,6 +386,7 @@ pub fn run_with(
         .as_deref()
         .map(payload_map::PayloadMap::load)
         .transpose()?;
+    let secrets = Secrets::load(config)?;
     let activated = systemd::activated_listener()?;
     let notifier = Arc::new(systemd::Notifier::from_env());
     // Crash repair and schema migrations run here; systemd is told that
@@ -310,45 +414,30 @@ pub fn run_with(
         }
     };
 
-    log_ready(config, addr, verifier.is_some(), &store);
-    let watched = systemd::Watched {
-        store: store.clone(),
-        writer: parts.writer.clone(),
-        heartbeats: vec![
-            ("store writer", parts.writer.heartbeat()),
-            ("scheduler", parts.scheduler.heartbeat()),
-        ],
-        addr,
-    };
-    let supervisor = match systemd::Supervisor::start(Arc::clone(&notifier), watched) {
+    log_ready(config, addr, verifier.is_some(), &secrets, &store);
+    let supervisor = match supervise(&notifier, &store, &parts, addr) {
         Ok(supervisor) => supervisor,
-        Err(source) => {
+        Err(e) => {
             let _ = parts.stop();
-            return Err(Error::Start {
-                what: "systemd notification thread",
-                source,
-            });
+            return Err(e);
         }
     };
     on_ready(addr);
-    let limits = http::Limits {
-        max_body_bytes: config.max_body_bytes,
-        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
-        header_read_timeout: config.header_read_timeout,
-        body_read_timeout: config.body_read_timeout,
-        write_timeout: config.write_timeout,
-    };
-    let state = Arc::new(
-        http::AppState::new(
-            store,
-            parts.writer.clone(),
-            limits,
-            verifier,
-            config.access_log,
-            metrics,
-        )
-        .with_payload_map(payload_map),
-    );
+    let mut state = http::AppState::new(
+        store,
+        parts.writer.clone(),
+        limits(config),
+        verifier,
+        config.access_log,
+        metrics,
+    )
+    .with_payload_map(payload_map);
+    if let Some(tokens) = secrets.admin_tokens {
+        state = state.with_admin_tokens(tokens);
+    }
+    let reloads = signals
+        .as_ref()
+        .map(|signals| runtime.spawn(reload::run(secrets.reloader, signals.reloads())));
     let shutdown = {
         let notifier = Arc::clone(&notifier);
         async move {
@@ -358,10 +447,15 @@ pub fn run_with(
     };
     runtime.block_on(http::serve(
         listener,
-        state,
+        secrets.tls,
+        Arc::new(state),
         shutdown,
         config.shutdown_grace,
     ));
+    if let Some(reloads) = reloads {
+        reloads.abort();
+        let _ = runtime.block_on(reloads);
+    }
     if let Some(supervisor) = supervisor {
         supervisor.stop();
     }

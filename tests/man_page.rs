@@ -30,6 +30,16 @@ fn packaging(file: &str) -> PathBuf {
         .join(file)
 }
 
+/// The man page's SIGNALS section.
+const SIGNALS: &str = "SIGTERM or SIGINT starts a graceful shutdown: stop accepting connections, \
+    let in-flight requests finish for up to --shutdown-grace, \
+    then exit 0 with every acknowledged transaction on disk. \
+    A second signal cuts the grace period short. \
+    SIGHUP (systemctl reload webhookd) re-reads --tls-cert, --tls-key and \
+    --admin-token-file: new connections and requests use them, open connections \
+    are kept, and if a file is unusable the previous ones stay in use and one \
+    line in the log says why. It never stops the daemon.";
+
 /// `webhookd(8)`: `clap_mangen`'s sections (name, synopsis, description,
 /// options with their variables and defaults, version) plus the
 /// operational sections a daemon's page carries.
@@ -104,12 +114,7 @@ fn render_man_page() -> String {
             "Socket activation: one TCP socket passed as fd 3 is served and --listen is not \
              used; more than one, or one that is not a TCP socket, stops the start (exit 2).",
         )]);
-    roff.control("SH", ["SIGNALS"]).text([roman(
-        "SIGTERM or SIGINT starts a graceful shutdown: stop accepting connections, \
-             let in-flight requests finish for up to --shutdown-grace, \
-             then exit 0 with every acknowledged transaction on disk. \
-             A second signal cuts the grace period short.",
-    )]);
+    roff.control("SH", ["SIGNALS"]).text([roman(SIGNALS)]);
     roff.control("SH", ["EXIT STATUS"])
         .control("TP", [])
         .text([bold("0")])
@@ -123,8 +128,9 @@ fn render_man_page() -> String {
         .control("TP", [])
         .text([bold("2")])
         .text([roman(
-            "Bad command line or option value, or an unusable socket passed by systemd \
-             (restarting will not help).",
+            "Bad command line or option value, an unusable file it names (TLS certificate \
+             or key, admin token or signing secrets file), or an unusable socket passed by \
+             systemd (restarting will not help).",
         )])
         .control("TP", [])
         .text([bold("130")])

@@ -59,7 +59,7 @@ _webhookd() {
 
     case "${cmd}" in
         webhookd)
-            opts="-h -V --data-dir --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --payload-map --access-log --log-format --queue-depth --help --version inspect export check backup check-map help"
+            opts="-h -V --data-dir --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --payload-map --tls-cert --tls-key --admin-token-file --access-log --log-format --queue-depth --help --version inspect export check backup check-map help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -122,6 +122,18 @@ _webhookd() {
                     return 0
                     ;;
                 --payload-map)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --admin-token-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_webhookd_global_optspecs
-    string join \n data-dir= listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= access-log log-format= queue-depth= h/help V/version
+    string join \n data-dir= listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= tls-cert= tls-key= admin-token-file= access-log log-format= queue-depth= h/help V/version
 end
 
 function __fish_webhookd_needs_command
@@ -41,6 +41,9 @@ hmac-sha256\t'Hex HMAC-SHA256 of the body in the header named by `--signature-he
 complete -c webhookd -n "__fish_webhookd_needs_command" -l signing-secrets-file -d 'File with the signing secrets, one per line (any one may match, so secrets can be rotated); `whsec_<base64>` for standard-webhooks. Given with --signature-scheme, never without' -r -F
 complete -c webhookd -n "__fish_webhookd_needs_command" -l signature-header -d 'Header carrying the hex signature (e.g. X-Razorpay-Signature): required by --signature-scheme hmac-sha256, refused with the others' -r
 complete -c webhookd -n "__fish_webhookd_needs_command" -l payload-map -d 'Map each webhook body onto a transaction with this TOML file: where the body holds each field (JSON pointers), minor or major units, which events to take (e.g. Stripe\'s or Razorpay\'s; see /usr/share/doc/webhookd/examples). The body is kept with its transaction. Without it, bodies must be webhookd\'s own shape' -r -F
+complete -c webhookd -n "__fish_webhookd_needs_command" -l tls-cert -d 'Serve HTTPS (TLS 1.2 and 1.3; HTTP/2 and HTTP/1.1) on --listen with this PEM certificate chain, the server\'s certificate first. Given with --tls-key, never without; SIGHUP reloads both' -r -F
+complete -c webhookd -n "__fish_webhookd_needs_command" -l tls-key -d 'The PEM private key of --tls-cert\'s first certificate (PKCS#8, PKCS#1 RSA or SEC1 EC). Given with --tls-cert, never without' -r -F
+complete -c webhookd -n "__fish_webhookd_needs_command" -l admin-token-file -d 'File with the admin token, one per line (any listed token is accepted; blank lines and # comments ignored). Admin routes (all but GET / and the webhook POST) then need `Authorization: Bearer <token>`, else 401. SIGHUP reloads it' -r -F
 complete -c webhookd -n "__fish_webhookd_needs_command" -l log-format -d 'Log line format; the level comes from `RUST_LOG` (default info)' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c webhookd -n "__fish_webhookd_needs_command" -l queue-depth -d 'Capacity of the queue in front of the store writer; when it is full, webhooks are answered 503 with Retry-After instead of queueing without bound' -r

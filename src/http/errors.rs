@@ -69,6 +69,8 @@ pub(super) enum ApiError {
     },
     BodyTimeout(Duration),
     InvalidSignature(&'static str),
+    /// An admin route without the admin token (never quoting what was sent).
+    Unauthorized(&'static str),
 }
 
 #[derive(Serialize)]
@@ -162,6 +164,12 @@ impl ApiError {
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             ApiError::Unavailable { .. } => response = with_retry_after(response),
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"webhookd admin\""),
+                );
+            }
             _ => {}
         }
         response
@@ -221,6 +229,12 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
                 "invalid_signature",
                 format!("webhook signature rejected: {reason}"),
+                None,
+            ),
+            ApiError::Unauthorized(reason) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                (*reason).to_owned(),
                 None,
             ),
             ApiError::BodyTimeout(limit) => (

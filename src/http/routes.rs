@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::body::{self, BodyError};
 use super::errors::{AboutTransaction, ApiError, Rejection, close_connection, json, json_bytes};
 use super::original::{self, Include};
-use super::{AppState, health, listing, mapped, openapi, untrusted};
+use super::{AppState, access, health, listing, mapped, openapi, untrusted};
 use crate::clock::now_ms;
 use crate::metrics::{Format, Route, WebhookOutcome};
 use crate::model;
@@ -104,6 +104,9 @@ async fn dispatch(
     route: Route,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    if let Err(refused) = access::authorize(state, route, request.headers()) {
+        return refused.response();
+    }
     let method = request.method();
     match route {
         Route::Health if method == Method::GET => {
