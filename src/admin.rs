@@ -123,9 +123,15 @@ fn check(store: &Store, out: &mut impl Write) -> Result<(), AdminError> {
     if !report.problems.is_empty() {
         return Err(AdminError::Damaged(report.problems.len()));
     }
+    // FAILED ones only exist with delivery: named only when there are some.
+    let failed = if report.failed > 0 {
+        format!(", {} failed", report.failed)
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "ok: {} transactions ({} processing, {} processed), {} pending jobs",
+        "ok: {} transactions ({} processing, {} processed{failed}), {} pending jobs",
         report.transactions, report.processing, report.processed, report.pending_jobs
     )
     .map_err(|source| AdminError::Io {

@@ -11,6 +11,10 @@
 //!   and the single group-committing writer ([`store::writer`]), the
 //!   durable-write path;
 //! - [`scheduler`]: fires due jobs, in due order, from the store;
+//! - [`delivery`]: with `--deliver-to`, POSTs due transactions to it
+//!   (client, dispatcher, breaker, bulk redelivery worker);
+//! - [`retry`]: the retry schedule of deliveries, its jitter, `Retry-After`;
+//! - [`tls`]: the one TLS crypto provider;
 //! - [`retention`]: `--retention`, deletes old PROCESSED transactions;
 //! - [`signature`]: optional webhook signature verification;
 //! - [`shutdown`]: SIGTERM/SIGINT handling;
@@ -21,7 +25,9 @@
 //! on none of them.
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
-//! → drain requests → stop the scheduler → flush and stop the writer.
+//! → drain requests (and, at the same time, let delivery attempts in
+//! flight finish within the grace) → stop the scheduler → stop the
+//! dispatcher → flush and stop the writer.
 //! [`run_with`] does the same on storage and with a shutdown trigger chosen
 //! by the caller, so tests can run the real server in-process.
 
@@ -30,14 +36,18 @@
 pub mod admin;
 pub mod cli;
 pub mod clock;
+pub mod delivery;
 pub mod http;
 pub mod metrics;
 pub mod model;
+mod parts;
 pub mod retention;
+pub mod retry;
 pub mod scheduler;
 pub mod shutdown;
 pub mod signature;
 pub mod store;
+pub mod tls;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -46,10 +56,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::Config;
-use crate::retention::Retention;
-use crate::scheduler::Scheduler;
+use crate::parts::Parts;
 use crate::shutdown::ShutdownSignals;
-use crate::store::writer::{self, WriterHandle, WriterThread};
+use crate::store::writer;
 use crate::store::{FileOpener, OpenError, StorageOpener, Store};
 
 /// Why the daemon could not start or stopped with an error.
@@ -62,6 +71,9 @@ pub enum Error {
     /// The signature verification settings are unusable.
     #[error(transparent)]
     Signature(#[from] signature::ConfigError),
+    /// The delivery settings are unusable.
+    #[error(transparent)]
+    Delivery(#[from] delivery::ConfigError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -96,7 +108,7 @@ impl Error {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Signature(_) => cli::USAGE_EXIT_CODE,
+            Error::Signature(_) | Error::Delivery(_) => cli::USAGE_EXIT_CODE,
             Error::Open(_)
             | Error::Listen { .. }
             | Error::Start { .. }
@@ -160,14 +172,27 @@ fn shutdown_trigger(trigger: Option<Trigger>) -> Result<(Option<ShutdownSignals>
     Ok((Some(signals), requested))
 }
 
-/// One warning at start when the port is reachable from other hosts and
-/// nothing checks who posts to it.
-fn warn_if_open_to_others(listen: SocketAddr, signed: bool) {
-    if !listen.ip().to_canonical().is_loopback() && !signed {
-        tracing::warn!(
+/// One warning at start when `--listen` is reachable from other hosts and
+/// something on it is open to whoever reaches it: posting (no
+/// `--signature-scheme`), reading transaction data (no `--admin-listen`).
+fn warn_if_open_to_others(listen: SocketAddr, signed: bool, admin_socket: bool) {
+    if listen.ip().to_canonical().is_loopback() {
+        return;
+    }
+    match (signed, admin_socket) {
+        (true, true) => {}
+        (false, true) => tracing::warn!(
             %listen,
-            "listening beyond this host without --signature-scheme: anyone who can reach {listen} can store webhooks and read every transaction"
-        );
+            "listening beyond this host without --signature-scheme: anyone who can reach {listen} can store webhooks"
+        ),
+        (true, false) => tracing::warn!(
+            %listen,
+            "listening beyond this host without --admin-listen: transaction data is readable by anyone who can reach {listen}; set --admin-listen to a private address to serve reads, listing, metrics and redelivery there"
+        ),
+        (false, false) => tracing::warn!(
+            %listen,
+            "listening beyond this host without --signature-scheme or --admin-listen: anyone who can reach {listen} can store webhooks, and transaction data is readable by anyone who can reach it"
+        ),
     }
 }
 
@@ -186,42 +211,42 @@ pub fn run_with(
     options: RunOptions,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
-    // Checked before the store is touched: bad signature settings change nothing.
+    // Checked before the store is touched: bad settings change nothing.
     let verifier = signature::Verifier::from_config(
         config.signature_scheme,
         config.signing_secrets_file.as_deref(),
         config.signature_header.as_deref(),
     )?;
+    let delivery = delivery::DeliveryConfig::from_config(config)?;
     let store = Store::open_with(&config.data_dir, &*options.storage)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")
         .build()
         .map_err(start_error("async runtime"))?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(config.listen))
-        .map_err(|source| Error::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| Error::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) = bind(&runtime, config.listen)?;
+    let admin = config
+        .admin_listen
+        .map(|admin| bind(&runtime, admin))
+        .transpose()?;
 
-    let metrics = Arc::new(metrics::Metrics::new());
-    let parts = Parts::start(config, &store, &metrics)?;
+    let metrics = Arc::new(if delivery.is_some() {
+        metrics::Metrics::with_delivery()
+    } else {
+        metrics::Metrics::new()
+    });
+    let parts = Parts::start(config, &store, &metrics, delivery.as_ref(), &runtime)?;
     let (signals, shutdown) = match shutdown_trigger(options.shutdown) {
         Ok(trigger) => trigger,
         Err(e) => {
             // The start-up error is the one reported.
-            let _ = parts.stop();
+            let _ = parts.stop(&runtime, tokio::time::Instant::now());
             return Err(e);
         }
     };
 
     let pending_jobs = store.pending_jobs().unwrap_or_default();
-    warn_if_open_to_others(config.listen, verifier.is_some());
+    warn_if_open_to_others(config.listen, verifier.is_some(), admin.is_some());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %config.data_dir.display(),
@@ -235,10 +260,14 @@ pub fn run_with(
             .retention
             .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
         dedup_window = %humantime::format_duration(config.dedup_window),
+        delivery = %delivery.as_ref().map_or_else(|| "off".to_owned(), describe_destination),
         pending_jobs,
         "{}",
         http::ready_line(addr)
     );
+    if let Some((_, admin_addr)) = &admin {
+        tracing::info!("{}", http::admin_ready_line(*admin_addr));
+    }
     on_ready(addr);
     let limits = http::Limits {
         max_body_bytes: config.max_body_bytes,
@@ -247,25 +276,29 @@ pub fn run_with(
         body_read_timeout: config.body_read_timeout,
         write_timeout: config.write_timeout,
     };
-    let state = Arc::new(http::AppState::new(
+    let mut state = http::AppState::new(
         store,
         parts.writer.clone(),
         limits,
         verifier,
         config.access_log,
         metrics,
-    ));
-    runtime.block_on(http::serve(
-        listener,
-        state,
-        shutdown,
-        config.shutdown_grace,
-    ));
+    );
+    if let Some(delivering) = &parts.delivery {
+        state = state.with_delivery(http::DeliveryApi {
+            status: delivering.status.clone(),
+            redeliveries: delivering.redeliveries.waker(),
+        });
+    }
+    let state = Arc::new(state);
+    let triggered_at = serve_all(&runtime, listener, admin, &state, shutdown, config);
+    drop(state);
 
-    // Every connection has ended, so the scheduler and retention hold the
-    // last writer handles; once they stop, the writer drains its queue and
-    // exits.
-    let stopped = parts.stop();
+    // Every connection has ended, so the scheduler, the dispatcher and
+    // retention hold the last writer handles; once they stop, the writer
+    // drains its queue and exits. Delivery attempts had the same grace as
+    // requests, counted from the shutdown signal.
+    let stopped = parts.stop(&runtime, triggered_at + config.shutdown_grace);
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     if let Some(signals) = signals {
         signals.close();
@@ -275,76 +308,76 @@ pub fn run_with(
     Ok(())
 }
 
-/// The threads behind the server: the writer, and those that send it work.
-struct Parts {
-    writer: WriterHandle,
-    writer_thread: WriterThread,
-    scheduler: Scheduler,
-    retention: Option<Retention>,
+/// Binds `addr` on the runtime; returns the listener and the address bound.
+fn bind(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
+    let listen_error = |source| Error::Listen { addr, source };
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, bound))
 }
 
-impl Parts {
-    /// Starts the writer, the scheduler and (with `--retention`) retention.
-    /// If one cannot start, those already started are stopped in order.
-    fn start(
-        config: &Config,
-        store: &Store,
-        metrics: &Arc<metrics::Metrics>,
-    ) -> Result<Parts, Error> {
-        let (waker, nudged) = scheduler::waker();
-        let (writer, writer_thread) = writer::spawn(
-            store.clone(),
-            config.process_delay,
-            usize::try_from(config.queue_depth).unwrap_or(usize::MAX),
-            Arc::clone(metrics),
-            {
-                let waker = waker.clone();
-                move |due| waker.new_job_due(due)
-            },
-        )?;
-        let scheduler = match Scheduler::start(store.clone(), writer.clone(), waker, nudged) {
-            Ok(scheduler) => scheduler,
-            Err(source) => {
-                drop(writer);
-                let _ = writer_thread.join();
-                return Err(Error::Start {
-                    what: "scheduler",
-                    source,
-                });
-            }
-        };
-        let retention = match config
-            .retention
-            .map(|age| Retention::start(writer.clone(), age, config.dedup_window))
-            .transpose()
-        {
-            Ok(retention) => retention,
-            Err(source) => {
-                drop(writer);
-                scheduler.stop();
-                let _ = writer_thread.join();
-                return Err(Error::Start {
-                    what: "retention",
-                    source,
-                });
-            }
-        };
-        Ok(Parts {
-            writer,
-            writer_thread,
-            scheduler,
-            retention,
-        })
-    }
+/// The destination as logged: scheme, host and port, never a path or
+/// query that could carry a token.
+fn describe_destination(delivery: &delivery::DeliveryConfig) -> String {
+    let url = &delivery.url;
+    format!(
+        "{}://{}",
+        url.scheme_str().unwrap_or("http"),
+        url.authority().map_or("", |a| a.as_str())
+    )
+}
 
-    /// Stops the threads that hold writer handles, then waits for the
-    /// writer to drain its queue and exit.
-    fn stop(self) -> Result<(), Error> {
-        drop(self.writer);
-        self.scheduler.stop();
-        if let Some(retention) = self.retention {
-            retention.stop();
-        }
-        self.writer_thread.join().map_err(|_| Error::WriterPanicked)
-    }
+/// Serves the public socket (and the admin socket, if any) until
+/// `shutdown`, then drains both within the grace; returns when the
+/// shutdown was asked for.
+fn serve_all(
+    runtime: &tokio::runtime::Runtime,
+    listener: tokio::net::TcpListener,
+    admin: Option<(tokio::net::TcpListener, SocketAddr)>,
+    state: &Arc<http::AppState>,
+    shutdown: Trigger,
+    config: &Config,
+) -> tokio::time::Instant {
+    let (stop, stopping) = tokio::sync::watch::channel(None);
+    let stopped = |mut stopping: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>| async move {
+        let _ = stopping.wait_for(Option::is_some).await;
+    };
+    let public_face = if admin.is_some() {
+        http::Face::Public
+    } else {
+        http::Face::Both
+    };
+    runtime.block_on(async {
+        let trigger = async {
+            shutdown.await;
+            let _ = stop.send(Some(tokio::time::Instant::now()));
+        };
+        let public = http::serve_face(
+            listener,
+            public_face,
+            Arc::clone(state),
+            stopped(stopping.clone()),
+            config.shutdown_grace,
+        );
+        let admin = async {
+            if let Some((admin, _)) = admin {
+                http::serve_face(
+                    admin,
+                    http::Face::Admin,
+                    Arc::clone(state),
+                    stopped(stopping.clone()),
+                    config.shutdown_grace,
+                )
+                .await;
+            }
+        };
+        tokio::join!(trigger, public, admin);
+    });
+    let triggered_at = *stopping.borrow();
+    triggered_at.unwrap_or_else(tokio::time::Instant::now)
 }

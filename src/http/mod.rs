@@ -20,12 +20,14 @@
 //! - `body`: reading a body within its bounds;
 //! - `health`: `GET /` and its cached storage probe;
 //! - `listing`: `GET /v1/transactions`, its query and cursors;
+//! - `delivery`: attempts, redelivery and bulk redeliveries;
 //! - `errors`: the error answers;
 //! - `untrusted`: escaping what a client sent before it is echoed or logged;
 //! - `warnings`: the rate limit on per-request warnings.
 
 mod body;
 mod connection;
+mod delivery;
 mod errors;
 mod health;
 mod listing;
@@ -54,6 +56,8 @@ pub use listing::DEFAULT_PAGE;
 pub use untrusted::MAX_ECHOED_CHARS;
 pub use warnings::MAX_WARNINGS_PER_SECOND;
 
+use crate::delivery::DeliveryStatus;
+use crate::delivery::redeliveries::RedeliveryWaker;
 use crate::metrics::Metrics;
 use crate::signature::Verifier;
 use crate::store::Store;
@@ -80,6 +84,27 @@ pub struct Limits {
 /// Largest request head (request line and headers) hyper buffers.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
+/// Which routes a socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Face {
+    /// Every route (`--listen` without `--admin-listen`).
+    Both,
+    /// `GET /` and `POST /v1/webhooks/transactions` only (`--listen` with
+    /// `--admin-listen`); anything else is 404.
+    Public,
+    /// Every route but the webhook (`--admin-listen`).
+    Admin,
+}
+
+/// What the delivery routes and `GET /` need with `--deliver-to`.
+#[derive(Clone)]
+pub struct DeliveryApi {
+    /// Whether the breaker has paused delivery.
+    pub status: DeliveryStatus,
+    /// Wakes the bulk redelivery worker.
+    pub redeliveries: RedeliveryWaker,
+}
+
 /// What every request handler needs.
 pub struct AppState {
     store: Store,
@@ -90,6 +115,7 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     health: health::HealthCheck,
     warnings: warnings::Warnings,
+    delivery: Option<DeliveryApi>,
 }
 
 impl AppState {
@@ -113,7 +139,16 @@ impl AppState {
             metrics,
             health: health::HealthCheck::new(),
             warnings: warnings::Warnings::new(),
+            delivery: None,
         }
+    }
+
+    /// With `--deliver-to`: the delivery routes work, `GET /` says whether
+    /// delivery is paused, and transactions show their delivery fields.
+    #[must_use]
+    pub fn with_delivery(mut self, delivery: DeliveryApi) -> Self {
+        self.delivery = Some(delivery);
+        self
     }
 }
 
@@ -125,6 +160,17 @@ impl AppState {
 /// them have ended, and with them their handles to the writer.
 pub async fn serve(
     listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    serve_face(listener, Face::Both, state, shutdown, grace).await;
+}
+
+/// [`serve`] with the routes of `face` only.
+pub async fn serve_face(
+    listener: TcpListener,
+    face: Face,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -195,7 +241,7 @@ pub async fn serve(
             };
             let service = service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(routes::handle(&state, request).await) }
+                async move { Ok::<_, Infallible>(routes::handle(&state, face, request).await) }
             });
             let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
             if let Err(e) = connection.await {
@@ -230,4 +276,10 @@ pub async fn serve(
 #[must_use]
 pub fn ready_line(addr: SocketAddr) -> String {
     format!("listening on {addr}")
+}
+
+/// The admin socket's ready line, logged after [`ready_line`].
+#[must_use]
+pub fn admin_ready_line(addr: SocketAddr) -> String {
+    format!("admin listening on {addr}")
 }

@@ -18,6 +18,9 @@
 //!   `id_hashes` ([`super::ids`]), in one commit.
 //! - 4 → 5: adds `id_tombstones` ([`super::tombstones`]), empty: what
 //!   schema 4 purged is not deduplicated. One commit.
+//! - 5 → 6: adds the delivery tables (`attempts`, `attempts_open`,
+//!   `redeliveries`), empty. Records are read as they are (version 3: no
+//!   attempt yet). One commit.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -27,9 +30,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::encoding::{self, DecodeError};
 use super::ids::IdHasher;
 use super::schema::{
-    ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
-    LOG_BY_STATUS, META, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY, next_log_key,
-    status_key,
+    ATTEMPTS, ATTEMPTS_OPEN, ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG,
+    LOG_BY_PROCESSED_AT, LOG_BY_STATUS, META, REDELIVERIES, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY, next_log_key, status_key,
 };
 use crate::model::Status;
 
@@ -77,6 +80,7 @@ pub(crate) fn to_current(
             2 => from_v2(db)?,
             3 => from_v3(db, id_hasher)?,
             4 => from_v4(db)?,
+            5 => from_v5(db)?,
             // No such version was ever written: left as it is.
             _ => return Ok(()),
         });
@@ -139,6 +143,18 @@ fn from_v4(db: &Database) -> Result<u64, MigrationError> {
     txn.commit()?;
     tracing::info!("migrated the database from schema version 4 to 5");
     Ok(5)
+}
+
+/// Schema 5 → 6: the delivery tables, empty. One commit.
+fn from_v5(db: &Database) -> Result<u64, MigrationError> {
+    let txn = db.begin_write()?;
+    txn.open_table(ATTEMPTS)?;
+    txn.open_table(ATTEMPTS_OPEN)?;
+    txn.open_table(REDELIVERIES)?;
+    txn.open_table(META)?.insert(SCHEMA_VERSION_KEY, 6)?;
+    txn.commit()?;
+    tracing::info!("migrated the database from schema version 5 to 6");
+    Ok(6)
 }
 
 /// Schema 1 → 4 (see the module doc).

@@ -11,6 +11,9 @@
 //! | `log_by_status` | (status, log key) → () | the listing filtered by status |
 //! | `log_by_processed_at` | (`processed_at`, log key) → () | retention, oldest first |
 //! | `id_tombstones` | log key → (end of window, fields digest, id) | deduplicating purged ids ([`tombstones`]) |
+//! | `attempts` | (log key, attempt number) → attempt | the delivery journal ([`attempts`]) |
+//! | `attempts_open` | log key → attempt number | attempts in flight, resolved after a crash |
+//! | `redeliveries` | id → bulk redelivery | durable bulk redeliveries ([`redeliveries`]) |
 //! | `meta` | name → number | schema version, id hash key, the two watermarks |
 //!
 //! A log key is `created_ms << 20 | n` ([`next_log_key`]): records are
@@ -55,14 +58,17 @@
 //! ([`unacknowledged`]). A file of an older schema is migrated when opened
 //! ([`migrate`]).
 
+pub mod attempts;
 pub mod backend;
 mod check;
+pub mod delivery_read;
 pub mod encoding;
 pub mod ids;
 pub mod migrate;
 mod open;
 pub mod overlay;
 mod read;
+pub mod redeliveries;
 pub mod reopen;
 pub mod schema;
 pub mod tail;

@@ -19,6 +19,7 @@
 //! stored and every caller in it is told so; the database is then reopened
 //! without a restart ([`recovery`]), so a 503 always means "not stored".
 
+pub mod delivery;
 pub mod id_merge;
 pub mod ops;
 pub mod recovery;
@@ -36,6 +37,9 @@ use super::{Job, Store, StoreError};
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
+use crate::retry::RetrySchedule;
+use delivery::{DeliveryCommand, DeliveryOutcome};
+pub use delivery::{Finish, Next, RedeliverOutcome, Started};
 use id_merge::{IdMerge, IdStep};
 pub use ops::Purged;
 use ops::Tables;
@@ -114,6 +118,9 @@ pub enum SpawnError {
     /// A thread could not be started.
     #[error("cannot start the store writer's threads: {0}")]
     Thread(#[source] std::io::Error),
+    /// The delivery attempts the last stop cut off could not be recorded.
+    #[error("cannot record the delivery attempts the last stop cut off: {0}")]
+    Interrupted(#[source] WriteError),
 }
 
 enum Command {
@@ -134,6 +141,8 @@ enum Command {
         limit: usize,
         reply: oneshot::Sender<Result<Purged, WriteError>>,
     },
+    /// Attempt journal and redelivery ([`delivery`]).
+    Delivery(DeliveryCommand),
     /// Periodic nudge: merge while there is time.
     Tick,
 }
@@ -250,8 +259,31 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     on_new_jobs: impl Fn(u64) + Send + 'static,
 ) -> Result<(WriterHandle, WriterThread), SpawnError> {
+    spawn_delivering(
+        store,
+        process_delay,
+        queue_depth,
+        metrics,
+        None,
+        on_new_jobs,
+    )
+}
+
+/// [`spawn`] for a daemon that delivers (`--deliver-to`): new jobs fall due
+/// after `retry`'s first wait too, and redeliveries start it afresh. With
+/// or without it, the first batch records the attempts the last stop cut
+/// off as interrupted ([`WriterHandle::resolve_interrupted_blocking`]).
+pub fn spawn_delivering(
+    store: Store,
+    process_delay: Duration,
+    queue_depth: usize,
+    metrics: Arc<Metrics>,
+    retry: Option<Arc<RetrySchedule>>,
+    on_new_jobs: impl Fn(u64) + Send + 'static,
+) -> Result<(WriterHandle, WriterThread), SpawnError> {
     let (queue, commands) = mpsc::channel(queue_depth.max(1));
     let failures = FailureMemory::default();
+    let interrupted_metrics = Arc::clone(&metrics);
     let (rows_indexed_upto, rows_lag) = store.rows_lag()?;
     let writer = Writer {
         last_key: store.last_log_key()?,
@@ -266,6 +298,7 @@ pub fn spawn(
         last_work: Instant::now(),
         buf: Vec::with_capacity(256),
         metrics,
+        retry,
     };
     // Holds only a weak sender, so it never keeps the writer alive.
     let ticks = queue.downgrade();
@@ -295,14 +328,23 @@ pub fn spawn(
             return Err(SpawnError::Thread(e));
         }
     };
-    Ok((
-        WriterHandle { queue, failures },
-        WriterThread {
-            writer,
-            ticker,
-            stop_ticker,
-        },
-    ))
+    let handle = WriterHandle { queue, failures };
+    let thread = WriterThread {
+        writer,
+        ticker,
+        stop_ticker,
+    };
+    // Before anyone schedules: a job whose attempt is still open would be
+    // skipped until it is resolved.
+    match handle.resolve_interrupted_blocking() {
+        Ok(count) => interrupted_metrics.delivery_interrupted(count),
+        Err(e) => {
+            drop(handle);
+            let _ = thread.join();
+            return Err(SpawnError::Interrupted(e));
+        }
+    }
+    Ok((handle, thread))
 }
 
 struct Writer {
@@ -323,6 +365,8 @@ struct Writer {
     last_work: Instant,
     buf: Vec<u8>,
     metrics: Arc<Metrics>,
+    /// With delivery: the retry schedule (its first wait delays new jobs).
+    retry: Option<Arc<RetrySchedule>>,
 }
 
 /// What a batch changed outside its write transaction: undone if its
@@ -370,6 +414,7 @@ impl Applied {
 enum Outcome {
     Accept(Result<AcceptOutcome, WriteError>),
     Purged(Purged),
+    Delivery(DeliveryOutcome),
     Done,
 }
 
@@ -578,6 +623,7 @@ fn answer(command: Command, outcome: Outcome) {
         (Command::Purge { reply, .. }, Outcome::Purged(count)) => {
             let _ = reply.send(Ok(count));
         }
+        (Command::Delivery(command), Outcome::Delivery(outcome)) => command.answer(outcome),
         _ => unreachable!("outcomes are produced in command order, one per command"),
     }
 }
@@ -593,6 +639,7 @@ fn fail(command: Command, error: WriteError) {
         Command::Purge { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        Command::Delivery(command) => command.fail(error),
         Command::Tick => {}
     }
 }

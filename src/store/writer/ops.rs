@@ -26,12 +26,14 @@ pub struct Purged {
 
 /// The tables one batch writes.
 pub(super) struct Tables<'txn> {
-    txn: &'txn WriteTransaction,
+    pub(super) txn: &'txn WriteTransaction,
     pub(super) log: Table<'txn, u64, &'static [u8]>,
     pub(super) id_hashes: Table<'txn, (u64, u64), ()>,
     pub(super) jobs_by_due: Table<'txn, (u64, u64), ()>,
     pub(super) log_by_status: Table<'txn, (u8, u64), ()>,
     pub(super) log_by_processed_at: Table<'txn, (u64, u64), ()>,
+    /// The delivery journal, opened by the first delivery command.
+    pub(super) journal: Option<super::delivery::Journal<'txn>>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -43,6 +45,7 @@ impl<'txn> Tables<'txn> {
             jobs_by_due: txn.open_table(JOBS_BY_DUE)?,
             log_by_status: txn.open_table(LOG_BY_STATUS)?,
             log_by_processed_at: txn.open_table(LOG_BY_PROCESSED_AT)?,
+            journal: None,
         })
     }
 
@@ -102,6 +105,9 @@ impl Writer {
                 applied.probed = true;
                 Ok(Outcome::Done)
             }
+            Command::Delivery(command) => Ok(Outcome::Delivery(
+                self.apply_delivery(tables, command, now_ms, rows_upto, applied)?,
+            )),
             Command::Tick => Ok(Outcome::Done),
         }
     }
@@ -150,7 +156,11 @@ impl Writer {
         }
         let key = next_log_key(self.last_key, now_ms);
         self.last_key = key;
-        let due = now_ms.saturating_add(self.delay_ms);
+        // With delivery, the schedule's first wait counts from the due time.
+        let first_wait = self.retry.as_ref().and_then(|r| r.wait_ms_before(0));
+        let due = now_ms
+            .saturating_add(self.delay_ms)
+            .saturating_add(first_wait.unwrap_or(0));
         encoding::encode_into(
             transaction,
             encoding::State {
