@@ -284,4 +284,13 @@ fn retention_never_purges_failed_transactions() {
     });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(status_of(addr, "txn_dead")["status"], "FAILED");
+    daemon.terminate();
+    assert!(daemon.wait_exit(DEADLINE).0.success());
+    // The purged transaction's attempt went with it; the FAILED one's stays.
+    let db = redb::Database::create(dir.path().join("webhookd.redb")).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let journal = txn
+        .open_table(redb::TableDefinition::<(u64, u32), &[u8]>::new("attempts"))
+        .unwrap();
+    assert_eq!(redb::ReadableTableMetadata::len(&journal).unwrap(), 1);
 }

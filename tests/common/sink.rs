@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -118,6 +119,8 @@ type Behaviour = Box<dyn FnMut(&Seen) -> Answer + Send>;
 pub struct Sink {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Requests received, kept or not.
+    received: Arc<AtomicUsize>,
     behaviour: Arc<Mutex<Behaviour>>,
     tls: bool,
     runtime: Option<tokio::runtime::Runtime>,
@@ -136,7 +139,13 @@ fn now_ms() -> u64 {
 impl Sink {
     /// A plain HTTP sink answering as `behaviour` says.
     pub fn start(behaviour: impl FnMut(&Seen) -> Answer + Send + 'static) -> Sink {
-        Sink::spawn(Box::new(behaviour), None)
+        Sink::spawn(Box::new(behaviour), None, true)
+    }
+
+    /// A sink that answers every request with `code` and only counts
+    /// them, keeping none (for load: memory stays flat).
+    pub fn counting(code: u16) -> Sink {
+        Sink::spawn(Box::new(move |_| Answer::status(code)), None, false)
     }
 
     /// A sink that answers every request with `code`.
@@ -150,10 +159,10 @@ impl Sink {
         behaviour: impl FnMut(&Seen) -> Answer + Send + 'static,
         config: Arc<rustls::ServerConfig>,
     ) -> Sink {
-        Sink::spawn(Box::new(behaviour), Some(config))
+        Sink::spawn(Box::new(behaviour), Some(config), true)
     }
 
-    fn spawn(behaviour: Behaviour, tls: Option<Arc<rustls::ServerConfig>>) -> Sink {
+    fn spawn(behaviour: Behaviour, tls: Option<Arc<rustls::ServerConfig>>, keep: bool) -> Sink {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -165,11 +174,13 @@ impl Sink {
             .expect("bind the sink");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(Mutex::new(behaviour));
         let is_tls = tls.is_some();
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         {
             let seen = Arc::clone(&seen);
+            let received = Arc::clone(&received);
             let behaviour = Arc::clone(&behaviour);
             runtime.spawn(async move {
                 loop {
@@ -177,19 +188,23 @@ impl Sink {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let seen = Arc::clone(&seen);
+                    let keeper = Keeper {
+                        seen: keep.then(|| Arc::clone(&seen)),
+                        received: Arc::clone(&received),
+                    };
                     let behaviour = Arc::clone(&behaviour);
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move {
                         match acceptor {
-                            None => serve(TokioIo::new(stream), false, seen, behaviour).await,
+                            None => serve(TokioIo::new(stream), false, keeper, behaviour).await,
                             Some(acceptor) => {
                                 let Ok(tls) = acceptor.accept(stream).await else {
                                     return;
                                 };
                                 let client_certificate =
                                     tls.get_ref().1.peer_certificates().is_some();
-                                serve(TokioIo::new(tls), client_certificate, seen, behaviour).await;
+                                serve(TokioIo::new(tls), client_certificate, keeper, behaviour)
+                                    .await;
                             }
                         }
                     });
@@ -199,6 +214,7 @@ impl Sink {
         Sink {
             addr,
             seen,
+            received,
             behaviour,
             tls: is_tls,
             runtime: Some(runtime),
@@ -223,7 +239,7 @@ impl Sink {
 
     /// How many requests arrived so far.
     pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.received.load(Ordering::SeqCst)
     }
 
     /// The requests seen per `webhook-id`, in arrival order.
@@ -244,16 +260,24 @@ impl Drop for Sink {
     }
 }
 
+/// Where a connection files what it receives.
+#[derive(Clone)]
+struct Keeper {
+    /// `None` for a counting sink.
+    seen: Option<Arc<Mutex<Vec<Seen>>>>,
+    received: Arc<AtomicUsize>,
+}
+
 async fn serve<I>(
     io: TokioIo<I>,
     client_certificate: bool,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    keeper: Keeper,
     behaviour: Arc<Mutex<Behaviour>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request: Request<Incoming>| {
-        let seen = Arc::clone(&seen);
+        let keeper = keeper.clone();
         let behaviour = Arc::clone(&behaviour);
         async move {
             let (parts, body) = request.into_parts();
@@ -289,7 +313,10 @@ async fn serve<I>(
             if !matches!(answer, Answer::Hang) {
                 request.answered_at = Some(Instant::now());
             }
-            seen.lock().unwrap().push(request);
+            if let Some(seen) = &keeper.seen {
+                seen.lock().unwrap().push(request);
+            }
+            keeper.received.fetch_add(1, Ordering::SeqCst);
             match answer {
                 Answer::Status {
                     code,

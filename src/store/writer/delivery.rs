@@ -31,8 +31,8 @@ use crate::store::{Job, encoding};
 /// What a batch's delivery commands write besides the indexes: opened on
 /// first use (a write transaction opens each table once).
 pub(super) struct Journal<'txn> {
-    attempts: Table<'txn, (u64, u32), &'static [u8]>,
-    open: Table<'txn, u64, u32>,
+    pub(super) attempts: Table<'txn, (u64, u32), &'static [u8]>,
+    pub(super) open: Table<'txn, u64, u32>,
 }
 
 /// A job whose attempt the journal started, or why not.
@@ -599,7 +599,8 @@ fn create_redelivery(
 }
 
 impl<'txn> Tables<'txn> {
-    fn journal(&mut self) -> Result<&mut Journal<'txn>, redb::Error> {
+    /// The journal's tables, opened once per write transaction.
+    pub(super) fn journal(&mut self) -> Result<&mut Journal<'txn>, redb::Error> {
         if self.journal.is_none() {
             self.journal = Some(Journal {
                 attempts: self.txn.open_table(ATTEMPTS)?,

@@ -222,7 +222,8 @@ impl Writer {
             };
             match record {
                 Ok((record, due)) if record.status == Status::Processing => {
-                    encoding::encode_into(
+                    // Attempts made while --deliver-to was set stay on record.
+                    encoding::encode_with_delivery(
                         &record.transaction,
                         encoding::State {
                             status: Status::Processed,
@@ -230,6 +231,7 @@ impl Writer {
                             processed_at_ms: Some(now_ms),
                             due_at_ms: due.or(Some(job.due_ms)),
                         },
+                        &record.delivery,
                         &mut self.buf,
                     );
                     tables.log.insert(job.log_key, self.buf.as_slice())?;
@@ -301,6 +303,15 @@ impl Writer {
                     tables
                         .log_by_status
                         .remove((status_key(record.status), log_key))?;
+                    // Its delivery journal goes with it.
+                    let journal = &mut tables.journal()?.attempts;
+                    let attempts: Vec<u32> = journal
+                        .range((log_key, 0)..=(log_key, u32::MAX))?
+                        .map(|row| row.map(|(key, _)| key.value().1))
+                        .collect::<Result<_, _>>()?;
+                    for attempt in attempts {
+                        journal.remove((log_key, attempt))?;
+                    }
                     deleted += 1;
                 }
                 // Damaged data is never deleted unseen: the record stays for
