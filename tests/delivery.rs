@@ -359,11 +359,11 @@ fn never_two_attempts_in_flight_for_one_transaction() {
     let counter = Arc::clone(&calls);
     let sink = Sink::start(move |_| {
         let n = counter.fetch_add(1, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(20));
+        let delay = Duration::from_millis(20);
         if n.is_multiple_of(3) {
-            Answer::status(500)
+            Answer::slow(500, delay)
         } else {
-            Answer::status(200)
+            Answer::slow(200, delay)
         }
     });
     let daemon = deliver_to(
@@ -417,4 +417,70 @@ fn without_deliver_to_nothing_about_delivery_shows() {
     redeliver.assert_error(409, "conflict");
     let metrics = get(daemon.addr, "/metrics").body;
     assert!(!metrics.contains("webhookd_delivery"), "{metrics}");
+}
+
+#[test]
+fn no_more_attempts_run_at_once_than_deliver_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(|_| Answer::slow(200, Duration::from_millis(300)));
+    let url = sink.url();
+    // Through the environment this time.
+    let daemon = Daemon::start_with_env(
+        dir.path(),
+        &["--process-delay", "0s"],
+        &[
+            ("WEBHOOKD_DELIVER_TO", url.as_str()),
+            ("WEBHOOKD_DELIVER_CONCURRENCY", "3"),
+        ],
+    );
+    for i in 0..12 {
+        assert_eq!(
+            post(daemon.addr, &payload(&format!("txn_par_{i}"), "1")).status,
+            202
+        );
+    }
+    for i in 0..12 {
+        wait_status(daemon.addr, &format!("txn_par_{i}"), "PROCESSED");
+    }
+    let seen = sink.seen();
+    let most = seen
+        .iter()
+        .map(|s| {
+            seen.iter()
+                .filter(|o| o.at <= s.at && o.answered_at.unwrap() > s.at)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert_eq!(most, 3, "requests at the sink at once");
+}
+
+#[test]
+fn the_first_wait_counts_from_the_due_time_with_jitter() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::answering(200);
+    let daemon = deliver_to(dir.path(), &sink, &["--retry-schedule", "2s,0s"]);
+    let ids: Vec<String> = (0..8).map(|i| format!("txn_wait_{i}")).collect();
+    for id in &ids {
+        assert_eq!(post(daemon.addr, &payload(id, "1")).status, 202);
+    }
+    let waits: Vec<u64> = ids
+        .iter()
+        .map(|id| {
+            let done = wait_status(daemon.addr, id, "PROCESSED");
+            let seen = sink
+                .seen()
+                .into_iter()
+                .find(|s| s.json()["transaction_id"] == id.as_str())
+                .unwrap();
+            seen.at_ms - millis(&done["created_at"])
+        })
+        .collect();
+    // 2 s ±20%, plus a little for the request itself.
+    assert!(
+        waits.iter().all(|&w| (1600..2900).contains(&w)),
+        "{waits:?}"
+    );
+    let spread = waits.iter().max().unwrap() - waits.iter().min().unwrap();
+    assert!(spread >= 50, "no jitter: {waits:?}");
 }

@@ -84,18 +84,15 @@ fn an_attempt_cut_off_by_sigkill_is_recorded_interrupted_and_tried_again_with_th
 #[test]
 fn on_sigterm_attempts_in_flight_finish_within_the_grace() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(|_| {
-        std::thread::sleep(Duration::from_millis(1500));
-        Answer::status(200)
-    });
+    let sink = Sink::start(|_| Answer::slow(200, Duration::from_millis(1500)));
     let daemon = deliver_to(dir.path(), &sink, &["--shutdown-grace", "10s"]);
     assert_eq!(post(daemon.addr, &payload("txn_drain", "5")).status, 202);
     poll_until(DEADLINE, "the request at the sink", || {
         (sink.count() == 1).then_some(())
     });
     daemon.terminate();
-    let (status, _) = daemon.wait_exit(Duration::from_secs(30));
-    assert!(status.success());
+    let (status, stderr) = daemon.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
     let daemon = deliver_to(dir.path(), &sink, &[]);
     let done = get_transaction(daemon.addr, "txn_drain").json();
     assert_eq!(done["status"], "PROCESSED", "{done}");

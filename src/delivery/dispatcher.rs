@@ -329,7 +329,13 @@ async fn run(
             shared.release(job.log_key);
         }
     }
-    let deadline = stopping.borrow().unwrap_or_else(tokio::time::Instant::now);
+    // The loop also ends when the scheduler stops (its gate is dropped),
+    // which comes before the shutdown call that names the deadline.
+    let deadline = match stopping.wait_for(Option::is_some).await {
+        Ok(deadline) => deadline.unwrap_or_else(tokio::time::Instant::now),
+        // Dropped without a shutdown: nothing may wait.
+        Err(_) => tokio::time::Instant::now(),
+    };
     let in_flight = attempts.len();
     while !attempts.is_empty() {
         if tokio::time::timeout_at(deadline, attempts.join_next())

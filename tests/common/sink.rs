@@ -28,6 +28,8 @@ pub enum Answer {
         headers: Vec<(String, String)>,
         body: String,
     },
+    /// This status with an empty body, after a delay.
+    Slow { code: u16, delay: Duration },
     /// Never answer (for [`HANG_FOR`], far past any test's timeout).
     Hang,
     /// Close the connection without an answer.
@@ -42,6 +44,11 @@ impl Answer {
             headers: Vec::new(),
             body: String::new(),
         }
+    }
+
+    /// `code` after `delay` (other requests are served meanwhile).
+    pub fn slow(code: u16, delay: Duration) -> Answer {
+        Answer::Slow { code, delay }
     }
 
     /// A status with one header.
@@ -307,10 +314,14 @@ async fn serve<I>(
                 client_certificate,
             };
             let answer = (behaviour.lock().unwrap())(&request);
-            if let Answer::Status { code, .. } = &answer {
+            if let Answer::Status { code, .. } | Answer::Slow { code, .. } = &answer {
                 request.status = Some(*code);
             }
-            if !matches!(answer, Answer::Hang) {
+            if let Answer::Slow { delay, .. } = &answer {
+                // Recorded as answered once the delay is over (the
+                // delay is known, the answer goes out right after it).
+                request.answered_at = Some(Instant::now() + *delay);
+            } else if !matches!(answer, Answer::Hang) {
                 request.answered_at = Some(Instant::now());
             }
             if let Some(seen) = &keeper.seen {
@@ -332,6 +343,12 @@ async fn serve<I>(
                         );
                     }
                     Ok::<_, CloseConnection>(response)
+                }
+                Answer::Slow { code, delay } => {
+                    tokio::time::sleep(delay).await;
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                    Ok(response)
                 }
                 Answer::Hang => {
                     tokio::time::sleep(HANG_FOR).await;
