@@ -5,7 +5,7 @@
 //! (`CtOutput`'s `==`). Any configured secret may match, so a secret can be
 //! rotated with two active.
 //!
-//! The same Standard Webhooks scheme signs outbound deliveries ([`sign`]):
+//! The same Standard Webhooks scheme signs outbound deliveries ([`Signer`]):
 //! one MAC function and one secrets-file format serve both directions.
 
 mod sign;

@@ -193,6 +193,8 @@ struct Counts {
 /// journal against what the sink saw.
 fn check_journal(dir: &std::path::Path, sink: &Sink) -> Counts {
     let store = Store::open(dir).unwrap();
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
     let mut records = Vec::new();
     store
         .for_each_transaction(|key, record| {

@@ -12,14 +12,13 @@ use std::process::{Command, Stdio};
 use common::{BIN, Daemon, get, payload, post, request, transaction_path};
 
 /// The address in the `admin listening on IP:PORT` line.
+/// It comes right after the public ready line, which `Daemon::start` waits for.
 fn admin_address(daemon: &Daemon) -> SocketAddr {
-    let stderr = daemon.stderr_text();
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("admin listening on "))
-        .unwrap_or_else(|| panic!("no admin ready line:\n{stderr}"));
-    common::ready_address(&line[line.find("admin listening on ").unwrap() + 6..])
-        .expect("an address in the admin ready line")
+    common::poll_until(common::DEADLINE, "the admin ready line", || {
+        let stderr = daemon.stderr_text();
+        let line = stderr.lines().find(|l| l.contains("admin listening on "))?;
+        common::ready_address(&line[line.find("admin listening on ").unwrap() + 6..])
+    })
 }
 
 fn start(dir: &Path, args: &[&str]) -> Daemon {

@@ -20,9 +20,12 @@
 //! without a restart ([`recovery`]), so a 503 always means "not stored".
 
 pub mod delivery;
+pub mod delivery_commands;
+mod errors;
 pub mod id_merge;
 pub mod ops;
 pub mod recovery;
+mod redeliver;
 pub mod rows_merge;
 
 use std::sync::Arc;
@@ -32,14 +35,14 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::encoding::DecodeError;
 use super::{Job, Store, StoreError};
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
 use crate::retry::RetrySchedule;
-use delivery::{DeliveryCommand, DeliveryOutcome};
-pub use delivery::{Finish, Next, RedeliverOutcome, Started};
+use delivery_commands::{DeliveryCommand, DeliveryOutcome};
+pub use delivery_commands::{Finish, Next, RedeliverOutcome, Started};
+pub use errors::{SpawnError, WriteError};
 use id_merge::{IdMerge, IdStep};
 pub use ops::Purged;
 use ops::Tables;
@@ -76,51 +79,6 @@ pub enum AcceptOutcome {
     Duplicate(Status),
     /// Same id with different fields is stored; it was left untouched.
     Conflict,
-}
-
-/// Why the writer could not do what was asked. All of these mean "not
-/// stored; try again later" to a client. Clone, since one failed commit is
-/// reported to every caller of its batch: sources are shared by `Arc`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum WriteError {
-    /// The queue in front of the writer is full (overload).
-    #[error("the write queue is full")]
-    QueueFull,
-    /// The writer has stopped (shutting down).
-    #[error("the store writer is shut down")]
-    Closed,
-    /// The write transaction or its commit failed; nothing of the batch was stored.
-    #[error("storage cannot accept writes: {0}")]
-    Storage(#[source] Arc<StoreError>),
-    /// A write failed earlier and the database could not be reopened yet;
-    /// nothing was tried.
-    #[error("storage failed and the database could not be reopened yet: {0}")]
-    NotReopened(#[source] Arc<StoreError>),
-    /// The record already stored under this id cannot be decoded.
-    #[error("stored record {key} cannot be read: {source}")]
-    Corrupt {
-        /// Its log key.
-        key: u64,
-        /// Why it does not decode.
-        #[source]
-        source: Arc<DecodeError>,
-    },
-}
-
-/// Why the writer could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SpawnError {
-    /// Reading where the log and the merges stand failed.
-    #[error("cannot read the database to start the store writer: {0}")]
-    Read(#[from] StoreError),
-    /// A thread could not be started.
-    #[error("cannot start the store writer's threads: {0}")]
-    Thread(#[source] std::io::Error),
-    /// The delivery attempts the last stop cut off could not be recorded.
-    #[error("cannot record the delivery attempts the last stop cut off: {0}")]
-    Interrupted(#[source] WriteError),
 }
 
 enum Command {
