@@ -484,3 +484,17 @@ fn the_first_wait_counts_from_the_due_time_with_jitter() {
     let spread = waits.iter().max().unwrap() - waits.iter().min().unwrap();
     assert!(spread >= 50, "no jitter: {waits:?}");
 }
+
+#[test]
+fn connections_to_the_destination_are_kept_alive_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::answering(200);
+    let daemon = deliver_to(dir.path(), &sink, &["--deliver-concurrency", "1"]);
+    for i in 0..20 {
+        let id = format!("txn_reuse_{i}");
+        assert_eq!(post(daemon.addr, &payload(&id, "1")).status, 202);
+        wait_status(daemon.addr, &id, "PROCESSED");
+    }
+    assert_eq!(sink.count(), 20);
+    assert_eq!(sink.connections(), 1, "one connection for every delivery");
+}

@@ -128,6 +128,8 @@ pub struct Sink {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Requests received, kept or not.
     received: Arc<AtomicUsize>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
     behaviour: Arc<Mutex<Behaviour>>,
     tls: bool,
     runtime: Option<tokio::runtime::Runtime>,
@@ -182,12 +184,14 @@ impl Sink {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let received = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(Mutex::new(behaviour));
         let is_tls = tls.is_some();
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         {
             let seen = Arc::clone(&seen);
             let received = Arc::clone(&received);
+            let connections = Arc::clone(&connections);
             let behaviour = Arc::clone(&behaviour);
             runtime.spawn(async move {
                 loop {
@@ -195,6 +199,7 @@ impl Sink {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
+                    connections.fetch_add(1, Ordering::SeqCst);
                     let keeper = Keeper {
                         seen: keep.then(|| Arc::clone(&seen)),
                         received: Arc::clone(&received),
@@ -222,6 +227,7 @@ impl Sink {
             addr,
             seen,
             received,
+            connections,
             behaviour,
             tls: is_tls,
             runtime: Some(runtime),
@@ -247,6 +253,11 @@ impl Sink {
     /// How many requests arrived so far.
     pub fn count(&self) -> usize {
         self.received.load(Ordering::SeqCst)
+    }
+
+    /// How many connections were opened to it so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// The requests seen per `webhook-id`, in arrival order.
