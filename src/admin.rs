@@ -132,14 +132,19 @@ fn check(store: &Store, out: &mut impl Write) -> Result<(), AdminError> {
     if !report.problems.is_empty() {
         return Err(AdminError::Damaged(report.problems.len()));
     }
-    // The count of original bodies only where some are kept (`--payload-map`).
+    // The count of original bodies only where some are kept (`--payload-map`),
+    // and FAILED ones only where there are some (they exist only with delivery).
     let originals = match report.original_bodies {
         0 => String::new(),
         n => format!(", {n} original bodies"),
     };
+    let failed = match report.failed {
+        0 => String::new(),
+        n => format!(", {n} failed"),
+    };
     writeln!(
         out,
-        "ok: {} transactions ({} processing, {} processed), {} pending jobs{originals}",
+        "ok: {} transactions ({} processing, {} processed{failed}), {} pending jobs{originals}",
         report.transactions, report.processing, report.processed, report.pending_jobs
     )
     .map_err(|source| AdminError::Io {

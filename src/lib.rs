@@ -5,6 +5,9 @@
 //! - [`currency`]: ISO 4217 minor units, for amounts sent in minor units;
 //! - [`admin`]: `inspect`, `export`, `check`, `backup` on a stopped daemon's data dir;
 //! - [`check_map`]: `check-map`, a sample body through a payload map, offline;
+//! - [`delivery`]: `--deliver-to`: the dispatcher, its HTTP client, the
+//!   breaker and the bulk redelivery worker;
+//! - [`retry`]: the retry schedule of delivery attempts;
 //! - [`http`]: the hyper server, routing, body limits, the JSON API and its errors;
 //! - [`metrics`]: counters, histograms and gauges for `GET /metrics`;
 //! - [`model`]: the transaction record, payload parsing and validation, exact amounts;
@@ -32,7 +35,8 @@
 //! of them.
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
-//! → drain requests → stop the scheduler → flush and stop the writer.
+//! → drain requests → stop the scheduler → let delivery attempts finish
+//! within the grace → stop retention → flush and stop the writer.
 //! [`run_with`] does the same on storage and with a shutdown trigger chosen
 //! by the caller, so tests can run the real server in-process.
 
@@ -44,17 +48,21 @@ pub mod check_map;
 pub mod cli;
 pub mod clock;
 pub mod currency;
+pub mod delivery;
 pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod model;
+mod parts;
 pub mod payload_map;
 pub mod reload;
 pub mod retention;
+pub mod retry;
 pub mod scheduler;
 pub mod secret_files;
 pub mod shutdown;
 pub mod signature;
+mod startup;
 pub mod store;
 pub mod systemd;
 pub mod tls;
@@ -65,13 +73,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin_token::{AdminTokens, TokenCell};
 use crate::cli::Config;
-use crate::reload::Reloader;
-use crate::retention::Retention;
-use crate::scheduler::Scheduler;
-use crate::shutdown::ShutdownSignals;
-use crate::store::writer::{self, WriterHandle, WriterThread};
+use crate::parts::Parts;
+use crate::startup::{Ready, Settings, Sockets};
+use crate::store::writer;
 use crate::store::{FileOpener, OpenError, StorageOpener, Store};
 
 /// Why the daemon could not start or stopped with an error.
@@ -84,6 +89,9 @@ pub enum Error {
     /// The signature verification settings are unusable.
     #[error(transparent)]
     Signature(#[from] signature::ConfigError),
+    /// The delivery settings are unusable.
+    #[error(transparent)]
+    Delivery(#[from] delivery::ConfigError),
     /// The `--payload-map` file cannot be used.
     #[error(transparent)]
     PayloadMap(#[from] payload_map::LoadError),
@@ -131,6 +139,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Signature(_)
+            | Error::Delivery(_)
             | Error::Activation(_)
             | Error::PayloadMap(_)
             | Error::Tls(_)
@@ -144,7 +153,7 @@ impl Error {
     }
 }
 
-fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Start { what, source }
 }
 
@@ -152,7 +161,7 @@ fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A future that completes when the daemon should shut down.
-type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What [`run_with`] lets its caller choose; the default is what [`run`] does.
 pub struct RunOptions {
@@ -187,179 +196,6 @@ impl RunOptions {
     }
 }
 
-/// What ends [`run_with`]: the caller's trigger, or else SIGTERM/SIGINT
-/// through the signal handlers installed here (returned to be closed).
-fn shutdown_trigger(trigger: Option<Trigger>) -> Result<(Option<ShutdownSignals>, Trigger), Error> {
-    if let Some(trigger) = trigger {
-        return Ok((None, trigger));
-    }
-    let signals = ShutdownSignals::install().map_err(start_error("signal handlers"))?;
-    let requested = Box::pin(signals.requested());
-    Ok((Some(signals), requested))
-}
-
-/// One warning at start when the port is reachable from other hosts and
-/// nothing checks who posts to it.
-fn warn_if_open_to_others(listen: SocketAddr, signed: bool, admin_token: bool) {
-    if !listen.ip().to_canonical().is_loopback() && !signed {
-        let and_read = if admin_token {
-            ""
-        } else {
-            " and read every transaction"
-        };
-        tracing::warn!(
-            %listen,
-            "listening beyond this host without --signature-scheme: anyone who can reach {listen} can store webhooks{and_read}"
-        );
-    }
-}
-
-/// The certificate, key and admin token files the command line names,
-/// read and checked, with what reloads them on SIGHUP.
-struct Secrets {
-    tls: Option<Arc<rustls::ServerConfig>>,
-    admin_tokens: Option<Arc<TokenCell>>,
-    reloader: Arc<Reloader>,
-}
-
-impl Secrets {
-    fn load(config: &Config) -> Result<Secrets, Error> {
-        let mut reloader = Reloader::new();
-        let mut tls = None;
-        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-            let files = tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            };
-            let cell = Arc::new(tls::CertificateCell::new(tls::load(&files)?));
-            tls = Some(tls::server_config(Arc::clone(&cell)));
-            reloader = reloader.tls(files, cell);
-        }
-        let mut admin_tokens = None;
-        if let Some(path) = &config.admin_token_file {
-            let cell = Arc::new(TokenCell::new(AdminTokens::from_file(path)?));
-            admin_tokens = Some(Arc::clone(&cell));
-            reloader = reloader.token(path.clone(), cell);
-        }
-        Ok(Secrets {
-            tls,
-            admin_tokens,
-            reloader: Arc::new(reloader),
-        })
-    }
-
-    /// One warning for each secret file other users can read.
-    fn warn_if_readable_by_others(&self, config: &Config) {
-        self.reloader.warn_if_readable_by_others();
-        if let Some(path) = &config.signing_secrets_file {
-            secret_files::warn_if_readable_by_others(path, "--signing-secrets-file");
-        }
-    }
-}
-
-/// The listener: the socket systemd passed if it passed one (then
-/// `--listen` is not used), else `listen` bound now.
-fn listen(
-    runtime: &tokio::runtime::Runtime,
-    listen: SocketAddr,
-    activated: Option<std::net::TcpListener>,
-) -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
-    let socket_activated = activated.is_some();
-    let listener = match activated {
-        Some(socket) => socket
-            .set_nonblocking(true)
-            .and_then(|()| {
-                let _runtime = runtime.enter();
-                tokio::net::TcpListener::from_std(socket)
-            })
-            .map_err(|source| Error::Start {
-                what: "listener systemd passed",
-                source,
-            })?,
-        None => runtime
-            .block_on(tokio::net::TcpListener::bind(listen))
-            .map_err(|source| Error::Listen {
-                addr: listen,
-                source,
-            })?,
-    };
-    let addr = listener.local_addr().map_err(|source| Error::Listen {
-        addr: listen,
-        source,
-    })?;
-    if socket_activated {
-        tracing::info!(
-            %addr,
-            "serving the socket systemd passed (socket activation); --listen is not used"
-        );
-    }
-    Ok((listener, addr))
-}
-
-/// The start-up line: version, settings, pending jobs, and the ready line's
-/// `listening on` text.
-fn log_ready(config: &Config, addr: SocketAddr, signed: bool, secrets: &Secrets, store: &Store) {
-    let pending_jobs = store.pending_jobs().unwrap_or_default();
-    warn_if_open_to_others(addr, signed, secrets.admin_tokens.is_some());
-    secrets.warn_if_readable_by_others(config);
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        data_dir = %config.data_dir.display(),
-        process_delay = %humantime::format_duration(config.process_delay),
-        max_body_bytes = config.max_body_bytes,
-        queue_depth = config.queue_depth,
-        max_connections = config.max_connections,
-        signatures = config.signature_scheme.map_or("off", signature::Scheme::name),
-        payload_map = %config
-            .payload_map
-            .as_deref()
-            .map_or_else(|| "off".into(), |path| path.display().to_string()),
-        access_log = config.access_log,
-        tls = if secrets.tls.is_some() { "on" } else { "off" },
-        admin_token = if secrets.admin_tokens.is_some() { "on" } else { "off" },
-        retention = %config
-            .retention
-            .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
-        dedup_window = %humantime::format_duration(config.dedup_window),
-        pending_jobs,
-        "{}",
-        http::ready_line(addr)
-    );
-}
-
-/// The bounds on what one client can hold, from the command line.
-fn limits(config: &Config) -> http::Limits {
-    http::Limits {
-        max_body_bytes: config.max_body_bytes,
-        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
-        header_read_timeout: config.header_read_timeout,
-        body_read_timeout: config.body_read_timeout,
-        write_timeout: config.write_timeout,
-    }
-}
-
-/// Starts telling systemd how the daemon is doing (when it runs under
-/// systemd): status lines, and watchdog pings while the writer and the
-/// scheduler make progress.
-fn supervise(
-    notifier: &Arc<systemd::Notifier>,
-    store: &Store,
-    parts: &Parts,
-    addr: SocketAddr,
-) -> Result<Option<systemd::Supervisor>, Error> {
-    let watched = systemd::Watched {
-        store: store.clone(),
-        writer: parts.writer.clone(),
-        heartbeats: vec![
-            ("store writer", parts.writer.heartbeat()),
-            ("scheduler", parts.scheduler.heartbeat()),
-        ],
-        addr,
-    };
-    systemd::Supervisor::start(Arc::clone(notifier), watched)
-        .map_err(start_error("systemd notification thread"))
-}
-
 /// Runs the daemon until SIGTERM/SIGINT, then shuts it down in order.
 ///
 /// Nothing is logged before the store is open, so a start-up failure is
@@ -376,17 +212,12 @@ pub fn run_with(
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
     // Checked before the store is touched: bad settings change nothing.
-    let verifier = signature::Verifier::from_config(
-        config.signature_scheme,
-        config.signing_secrets_file.as_deref(),
-        config.signature_header.as_deref(),
-    )?;
-    let payload_map = config
-        .payload_map
-        .as_deref()
-        .map(payload_map::PayloadMap::load)
-        .transpose()?;
-    let secrets = Secrets::load(config)?;
+    let Settings {
+        verifier,
+        payload_map,
+        delivery,
+        secrets,
+    } = Settings::load(config)?;
     let activated = systemd::activated_listener()?;
     let notifier = Arc::new(systemd::Notifier::from_env());
     // Crash repair and schema migrations run here; systemd is told that
@@ -401,32 +232,45 @@ pub fn run_with(
         .thread_name("http")
         .build()
         .map_err(start_error("async runtime"))?;
-    let (listener, addr) = listen(&runtime, config.listen, activated)?;
+    let (listener, addr) = startup::listen(&runtime, config.listen, activated)?;
+    let admin = config
+        .admin_listen
+        .map(|admin| startup::bind(&runtime, admin))
+        .transpose()?;
 
-    let metrics = Arc::new(metrics::Metrics::new());
-    let parts = Parts::start(config, &store, &metrics)?;
-    let (signals, shutdown) = match shutdown_trigger(options.shutdown) {
-        Ok(trigger) => trigger,
+    let metrics = Arc::new(if delivery.is_some() {
+        metrics::Metrics::with_delivery()
+    } else {
+        metrics::Metrics::new()
+    });
+    let parts = Parts::start(config, &store, &metrics, delivery.as_ref(), &runtime)?;
+    let started = startup::shutdown_trigger(options.shutdown).and_then(|trigger| {
+        Ok((
+            trigger,
+            startup::supervise(&notifier, &store, &parts, addr)?,
+        ))
+    });
+    let ((signals, shutdown), supervisor) = match started {
+        Ok(started) => started,
         Err(e) => {
             // The start-up error is the one reported.
-            let _ = parts.stop();
+            let _ = parts.stop(&runtime, tokio::time::Instant::now());
             return Err(e);
         }
     };
-
-    log_ready(config, addr, verifier.is_some(), &secrets, &store);
-    let supervisor = match supervise(&notifier, &store, &parts, addr) {
-        Ok(supervisor) => supervisor,
-        Err(e) => {
-            let _ = parts.stop();
-            return Err(e);
-        }
+    let ready = Ready {
+        addr,
+        admin_addr: admin.as_ref().map(|(_, admin_addr)| *admin_addr),
+        signed: verifier.is_some(),
+        secrets: &secrets,
+        delivery: delivery.as_ref(),
     };
+    startup::log_ready(config, &ready, &store);
     on_ready(addr);
     let mut state = http::AppState::new(
         store,
         parts.writer.clone(),
-        limits(config),
+        startup::limits(config),
         verifier,
         config.access_log,
         metrics,
@@ -435,23 +279,30 @@ pub fn run_with(
     if let Some(tokens) = secrets.admin_tokens {
         state = state.with_admin_tokens(tokens);
     }
+    if let Some(delivering) = &parts.delivery {
+        state = state.with_delivery(http::DeliveryApi {
+            status: delivering.status.clone(),
+            redeliveries: delivering.redeliveries.waker(),
+        });
+    }
     let reloads = signals
         .as_ref()
         .map(|signals| runtime.spawn(reload::run(secrets.reloader, signals.reloads())));
-    let shutdown = {
-        let notifier = Arc::clone(&notifier);
-        async move {
-            shutdown.await;
-            notifier.stopping();
-        }
+    let state = Arc::new(state);
+    let sockets = Sockets {
+        public: listener,
+        tls: secrets.tls,
+        admin: admin.map(|(admin, _)| admin),
     };
-    runtime.block_on(http::serve(
-        listener,
-        secrets.tls,
-        Arc::new(state),
+    let triggered_at = startup::serve_all(
+        &runtime,
+        sockets,
+        &state,
         shutdown,
+        &notifier,
         config.shutdown_grace,
-    ));
+    );
+    drop(state);
     if let Some(reloads) = reloads {
         reloads.abort();
         let _ = runtime.block_on(reloads);
@@ -459,11 +310,25 @@ pub fn run_with(
     if let Some(supervisor) = supervisor {
         supervisor.stop();
     }
+    stop(
+        runtime,
+        parts,
+        signals,
+        triggered_at + config.shutdown_grace,
+    )
+}
 
-    // Every connection has ended, so the scheduler and retention hold the
-    // last writer handles; once they stop, the writer drains its queue and
-    // exits.
-    let stopped = parts.stop();
+/// Once every connection has ended, the scheduler, the dispatcher and
+/// retention hold the last writer handles; once they stop, the writer
+/// drains its queue and exits. Delivery attempts in flight get until
+/// `deadline`: the same grace as requests, counted from the shutdown signal.
+fn stop(
+    runtime: tokio::runtime::Runtime,
+    parts: Parts,
+    signals: Option<shutdown::ShutdownSignals>,
+    deadline: tokio::time::Instant,
+) -> Result<(), Error> {
+    let stopped = parts.stop(&runtime, deadline);
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     if let Some(signals) = signals {
         signals.close();
@@ -471,78 +336,4 @@ pub fn run_with(
     stopped?;
     tracing::info!("stopped; every acknowledged transaction is on disk");
     Ok(())
-}
-
-/// The threads behind the server: the writer, and those that send it work.
-struct Parts {
-    writer: WriterHandle,
-    writer_thread: WriterThread,
-    scheduler: Scheduler,
-    retention: Option<Retention>,
-}
-
-impl Parts {
-    /// Starts the writer, the scheduler and (with `--retention`) retention.
-    /// If one cannot start, those already started are stopped in order.
-    fn start(
-        config: &Config,
-        store: &Store,
-        metrics: &Arc<metrics::Metrics>,
-    ) -> Result<Parts, Error> {
-        let (waker, nudged) = scheduler::waker();
-        let (writer, writer_thread) = writer::spawn(
-            store.clone(),
-            config.process_delay,
-            usize::try_from(config.queue_depth).unwrap_or(usize::MAX),
-            Arc::clone(metrics),
-            {
-                let waker = waker.clone();
-                move |due| waker.new_job_due(due)
-            },
-        )?;
-        let scheduler = match Scheduler::start(store.clone(), writer.clone(), waker, nudged) {
-            Ok(scheduler) => scheduler,
-            Err(source) => {
-                drop(writer);
-                let _ = writer_thread.join();
-                return Err(Error::Start {
-                    what: "scheduler",
-                    source,
-                });
-            }
-        };
-        let retention = match config
-            .retention
-            .map(|age| Retention::start(writer.clone(), age, config.dedup_window))
-            .transpose()
-        {
-            Ok(retention) => retention,
-            Err(source) => {
-                drop(writer);
-                scheduler.stop();
-                let _ = writer_thread.join();
-                return Err(Error::Start {
-                    what: "retention",
-                    source,
-                });
-            }
-        };
-        Ok(Parts {
-            writer,
-            writer_thread,
-            scheduler,
-            retention,
-        })
-    }
-
-    /// Stops the threads that hold writer handles, then waits for the
-    /// writer to drain its queue and exit.
-    fn stop(self) -> Result<(), Error> {
-        drop(self.writer);
-        self.scheduler.stop();
-        if let Some(retention) = self.retention {
-            retention.stop();
-        }
-        self.writer_thread.join().map_err(|_| Error::WriterPanicked)
-    }
 }

@@ -10,6 +10,10 @@
 //! Every label has a small fixed set of values: routes are path templates,
 //! never raw paths, so a client cannot create series at will.
 
+mod delivery;
+
+pub use delivery::ATTEMPT_OUTCOMES;
+
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -103,6 +107,14 @@ pub enum Route {
     Metrics,
     /// `GET /openapi.json`.
     OpenApi,
+    /// `GET /v1/transactions/{transaction_id}/attempts`.
+    Attempts,
+    /// `POST /v1/transactions/{transaction_id}/redeliver`.
+    Redeliver,
+    /// `POST /v1/redeliveries`.
+    Redeliveries,
+    /// `GET /v1/redeliveries/{redelivery_id}`.
+    Redelivery,
     /// Any other path.
     Unknown,
 }
@@ -118,6 +130,10 @@ impl Route {
             Route::Transactions => "/v1/transactions",
             Route::Metrics => "/metrics",
             Route::OpenApi => "/openapi.json",
+            Route::Attempts => "/v1/transactions/{transaction_id}/attempts",
+            Route::Redeliver => "/v1/transactions/{transaction_id}/redeliver",
+            Route::Redeliveries => "/v1/redeliveries",
+            Route::Redelivery => "/v1/redeliveries/{redelivery_id}",
             Route::Unknown => "unknown",
         }
     }
@@ -186,6 +202,22 @@ pub struct Metrics {
     unindexed_ids: Gauge,
     commit_batch_size: Histogram,
     commit_duration: Histogram,
+    /// With `--deliver-to` only.
+    delivery: Option<delivery::DeliveryMetrics>,
+}
+
+/// Creates the webhook series, so they read 0 from the start and rates and
+/// alerts work before the first event of each kind.
+fn zero_series(
+    webhooks: &Family<OutcomeLabels, Counter>,
+    rejections: &Family<CodeLabels, Counter>,
+) {
+    for outcome in ["accepted", "duplicate", "conflict", "rejected"] {
+        drop(webhooks.get_or_create(&OutcomeLabels { outcome }));
+    }
+    for code in WEBHOOK_ERROR_CODES {
+        drop(rejections.get_or_create(&CodeLabels { code }));
+    }
 }
 
 /// Latency buckets: 50 µs to about 1.6 s, doubling.
@@ -282,14 +314,7 @@ impl Metrics {
             "Version of this webhookd",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        // Series that exist from the start read 0 instead of missing, so
-        // rates and alerts work before the first event of each kind.
-        for outcome in ["accepted", "duplicate", "conflict", "rejected"] {
-            drop(webhooks.get_or_create(&OutcomeLabels { outcome }));
-        }
-        for code in WEBHOOK_ERROR_CODES {
-            drop(rejections.get_or_create(&CodeLabels { code }));
-        }
+        zero_series(&webhooks, &rejections);
         Metrics {
             registry,
             requests,
@@ -304,6 +329,7 @@ impl Metrics {
             unindexed_ids,
             commit_batch_size,
             commit_duration,
+            delivery: None,
         }
     }
 

@@ -41,8 +41,12 @@ pub struct NewTransaction {
 pub enum Status {
     /// Accepted and durably stored; its job has not completed yet.
     Processing,
-    /// Processed exactly once; `processed_at` is set and never changes.
+    /// Processed exactly once; `processed_at` is set and never changes
+    /// (unless an operator redelivers it).
     Processed,
+    /// Delivery to `--deliver-to` gave up: the schedule ran out, or the
+    /// destination answered 410. Kept until redelivered; never purged.
+    Failed,
 }
 
 impl Status {
@@ -52,6 +56,7 @@ impl Status {
         match self {
             Status::Processing => "PROCESSING",
             Status::Processed => "PROCESSED",
+            Status::Failed => "FAILED",
         }
     }
 }
@@ -67,6 +72,22 @@ pub struct Record {
     pub created_at_ms: u64,
     /// When processing committed, milliseconds since the Unix epoch.
     pub processed_at_ms: Option<u64>,
+    /// Where delivery to `--deliver-to` stands (all zero without it).
+    pub delivery: Delivery,
+}
+
+/// A transaction's delivery to `--deliver-to`: what its attempts came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Every attempt it ever had, interrupted ones included.
+    pub attempts: u32,
+    /// Attempts since its retry schedule (re)started: the index of the
+    /// next wait in the schedule. A redelivery sets it back to 0.
+    pub schedule_pos: u32,
+    /// What the last failed attempt came to, short; `None` after a success.
+    pub last_error: Option<String>,
+    /// When it became FAILED, milliseconds since the Unix epoch.
+    pub failed_at_ms: Option<u64>,
 }
 
 /// Three upper-case ASCII letters.

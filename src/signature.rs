@@ -4,6 +4,13 @@
 //! signature of the right length is compared with it in constant time
 //! (`CtOutput`'s `==`). Any configured secret may match, so a secret can be
 //! rotated with two active.
+//!
+//! The same Standard Webhooks scheme signs outbound deliveries ([`Signer`]):
+//! one MAC function and one secrets-file format serve both directions.
+
+mod sign;
+
+pub use sign::{SignError, Signer};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -166,11 +173,7 @@ impl Verifier {
             path: path.to_owned(),
             source,
         })?;
-        let secrets: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
+        let secrets = secret_lines(&text);
         let keys = decode_keys(scheme, &secrets).map_err(|message| ConfigError::SecretsFile {
             path: path.to_owned(),
             message,
@@ -273,18 +276,26 @@ impl Verifier {
 
     /// Each key's MAC of the concatenated `parts`, computed once per request.
     fn tags(&self, parts: &[&[u8]]) -> Vec<CtOutput<HmacSha256>> {
-        self.keys
-            .iter()
-            .map(|key| {
-                let mut mac =
-                    HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
-                for part in parts {
-                    mac.update(part);
-                }
-                mac.finalize()
-            })
-            .collect()
+        self.keys.iter().map(|key| mac(key, parts)).collect()
     }
+}
+
+/// HMAC-SHA256 under `key` of the concatenated `parts`.
+fn mac(key: &[u8], parts: &[&[u8]]) -> CtOutput<HmacSha256> {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize()
+}
+
+/// The secrets of a secrets file: one per line, blank lines and `#`
+/// comments ignored.
+fn secret_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
 }
 
 /// Whether `signature` equals one of `tags`; each comparison is

@@ -179,7 +179,7 @@ fn a_version_1_database_is_migrated_and_everything_in_it_keeps_working() {
 
     daemon.terminate();
     assert!(daemon.wait_exit(DEADLINE).0.success());
-    assert_eq!(schema_version(dir.path()), 6);
+    assert_eq!(schema_version(dir.path()), webhookd::store::SCHEMA_VERSION);
     assert!(!has_v3_ids_table(dir.path()));
     assert_eq!(
         check_totals(dir.path()),
@@ -369,7 +369,7 @@ fn a_version_2_database_is_migrated_and_everything_in_it_keeps_working() {
     assert_eq!(pending, ["v2-later"]);
     daemon.terminate();
     assert!(daemon.wait_exit(DEADLINE).0.success());
-    assert_eq!(schema_version(dir.path()), 6);
+    assert_eq!(schema_version(dir.path()), webhookd::store::SCHEMA_VERSION);
     assert!(!has_v3_ids_table(dir.path()));
     assert_eq!(
         check_totals(dir.path()),

@@ -266,7 +266,7 @@ fn a_schema_5_file_gains_the_table_of_original_bodies() {
         body
     );
     stop(daemon);
-    assert_eq!(schema_version(&data), 6);
+    assert_eq!(schema_version(&data), webhookd::store::SCHEMA_VERSION);
     assert_eq!(
         check(&data),
         "ok: 2 transactions (2 processing, 0 processed), 2 pending jobs, 1 original bodies"

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_webhookd_global_optspecs
-    string join \n data-dir= listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= tls-cert= tls-key= admin-token-file= access-log log-format= queue-depth= h/help V/version
+    string join \n data-dir= listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= tls-cert= tls-key= admin-token-file= access-log log-format= queue-depth= admin-listen= deliver-to= deliver-timeout= deliver-concurrency= retry-schedule= deliver-signing-secret-file= deliver-ca-file= deliver-client-cert= deliver-client-key= h/help V/version
 end
 
 function __fish_webhookd_needs_command
@@ -47,6 +47,15 @@ complete -c webhookd -n "__fish_webhookd_needs_command" -l admin-token-file -d '
 complete -c webhookd -n "__fish_webhookd_needs_command" -l log-format -d 'Log line format; the level comes from `RUST_LOG` (default info)' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c webhookd -n "__fish_webhookd_needs_command" -l queue-depth -d 'Capacity of the queue in front of the store writer; when it is full, webhooks are answered 503 with Retry-After instead of queueing without bound' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -l admin-listen -d 'A second socket for the admin routes (reads by id, listing, metrics, attempts, redelivery); --listen then serves only `GET /` and webhooks' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-to -d 'Deliver each transaction once due with a POST to this `http://` or `https://` URL; it is PROCESSED only after a 2xx answer (off when not set)' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-timeout -d 'With --deliver-to: how long one attempt may take, from connecting to the end of the answer' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-concurrency -d 'With --deliver-to: most delivery attempts in flight at once' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -l retry-schedule -d 'With --deliver-to: the wait before each attempt, comma-separated; the first counts from the due time, each later one from the end of the attempt before; as many attempts as entries, then FAILED. Non-zero waits get ±20% jitter' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-signing-secret-file -d 'With --deliver-to: file of `whsec_…` secrets, one a line; every delivery is signed (Standard Webhooks) with each of them' -r -F
+complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-ca-file -d 'With an https:// --deliver-to: PEM certificates to trust instead of the system\'s roots' -r -F
+complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-client-cert -d 'With an https:// --deliver-to: PEM client certificate chain for mutual TLS; needs --deliver-client-key' -r -F
+complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-client-key -d 'With an https:// --deliver-to: PEM private key of --deliver-client-cert' -r -F
 complete -c webhookd -n "__fish_webhookd_needs_command" -l access-log -d 'Log one line per request (method, path, status, latency, transaction id; never payloads or signatures)'
 complete -c webhookd -n "__fish_webhookd_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c webhookd -n "__fish_webhookd_needs_command" -s V -l version -d 'Print version'

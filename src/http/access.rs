@@ -28,9 +28,14 @@ pub enum Exposure {
 pub fn exposure(route: Route) -> Exposure {
     match route {
         Route::Health | Route::Webhooks | Route::Unknown => Exposure::Public,
-        Route::Transaction | Route::Transactions | Route::Metrics | Route::OpenApi => {
-            Exposure::Admin
-        }
+        Route::Transaction
+        | Route::Transactions
+        | Route::Metrics
+        | Route::OpenApi
+        | Route::Attempts
+        | Route::Redeliver
+        | Route::Redeliveries
+        | Route::Redelivery => Exposure::Admin,
     }
 }
 
@@ -73,6 +78,10 @@ mod tests {
             Route::Transactions,
             Route::Metrics,
             Route::OpenApi,
+            Route::Attempts,
+            Route::Redeliver,
+            Route::Redeliveries,
+            Route::Redelivery,
         ] {
             assert_eq!(exposure(route), Exposure::Admin, "{route:?}");
         }

@@ -52,6 +52,8 @@ pub(super) enum ApiError {
     NotFound(&'static str),
     MethodNotAllowed(&'static str),
     Conflict,
+    /// 409 for an admin request the transaction's state refuses.
+    ConflictState(&'static str),
     /// The limit in bytes (`--max-body-bytes`).
     PayloadTooLarge(u64),
     /// The body came in more pieces than the limit given.
@@ -191,6 +193,12 @@ impl ApiError {
                 "conflict",
                 "a transaction with this transaction_id and different fields is already stored"
                     .to_owned(),
+                None,
+            ),
+            ApiError::ConflictState(message) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                (*message).to_owned(),
                 None,
             ),
             ApiError::PayloadTooLarge(limit) => (

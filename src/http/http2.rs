@@ -34,7 +34,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{AppState, MAX_HEAD_BYTES, routes};
+use super::{Handler, MAX_HEAD_BYTES};
 
 /// Streams one connection may have open at once.
 pub const MAX_CONCURRENT_STREAMS: u32 = 16;
@@ -149,7 +149,7 @@ async fn idle(mut count: watch::Receiver<usize>, first_deadline: Instant, timeou
 pub(super) async fn serve<I>(
     io: I,
     builder: &http2::Builder<StreamTasks>,
-    state: Arc<AppState>,
+    handler: Handler,
     request_slots: Arc<Semaphore>,
     deadline: Instant,
     idle_timeout: Duration,
@@ -160,7 +160,7 @@ pub(super) async fn serve<I>(
     let (in_progress, count) = watch::channel(0usize);
     let service = service_fn(move |request| {
         let started = InProgress::start(&in_progress);
-        let state = Arc::clone(&state);
+        let handler = handler.clone();
         let request_slots = Arc::clone(&request_slots);
         async move {
             let _started = started;
@@ -168,7 +168,7 @@ pub(super) async fn serve<I>(
                 .acquire_owned()
                 .await
                 .expect("the request semaphore is never closed");
-            Ok::<_, Infallible>(routes::handle(&state, request).await)
+            Ok::<_, Infallible>(handler.handle(request).await)
         }
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);

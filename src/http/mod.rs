@@ -26,6 +26,7 @@
 //! - `health`: `GET /` and its cached storage probe;
 //! - `listing`: `GET /v1/transactions`, its query and cursors;
 //! - `openapi`: `GET /openapi.json`, the API's `OpenAPI` 3.1 document;
+//! - `delivery`: attempts, redelivery and bulk redeliveries;
 //! - `errors`: the error answers;
 //! - `untrusted`: escaping what a client sent before it is echoed or logged;
 //! - `warnings`: the rate limit on per-request warnings.
@@ -33,6 +34,7 @@
 pub mod access;
 mod body;
 mod connection;
+mod delivery;
 mod errors;
 mod health;
 pub mod http2;
@@ -69,6 +71,8 @@ pub use untrusted::MAX_ECHOED_CHARS;
 pub use warnings::MAX_WARNINGS_PER_SECOND;
 
 use crate::admin_token::TokenCell;
+use crate::delivery::DeliveryStatus;
+use crate::delivery::redeliveries::RedeliveryWaker;
 use crate::metrics::Metrics;
 use crate::payload_map::PayloadMap;
 use crate::signature::Verifier;
@@ -96,6 +100,27 @@ pub struct Limits {
 /// Largest request head (request line and headers) hyper buffers.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
+/// Which routes a socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Face {
+    /// Every route (`--listen` without `--admin-listen`).
+    Both,
+    /// The public routes only, `GET /` and `POST /v1/webhooks/transactions`
+    /// (`--listen` with `--admin-listen`); anything else is 404.
+    Public,
+    /// Every route but the webhook (`--admin-listen`).
+    Admin,
+}
+
+/// What the delivery routes and `GET /` need with `--deliver-to`.
+#[derive(Clone)]
+pub struct DeliveryApi {
+    /// Whether the breaker has paused delivery.
+    pub status: DeliveryStatus,
+    /// Wakes the bulk redelivery worker.
+    pub redeliveries: RedeliveryWaker,
+}
+
 /// What every request handler needs.
 pub struct AppState {
     store: Store,
@@ -108,6 +133,7 @@ pub struct AppState {
     warnings: warnings::Warnings,
     payload_map: Option<PayloadMap>,
     admin_tokens: Option<Arc<TokenCell>>,
+    delivery: Option<DeliveryApi>,
 }
 
 impl AppState {
@@ -133,7 +159,16 @@ impl AppState {
             warnings: warnings::Warnings::new(),
             payload_map: None,
             admin_tokens: None,
+            delivery: None,
         }
+    }
+
+    /// With `--deliver-to`: the delivery routes work, `GET /` says whether
+    /// delivery is paused, and transactions show their delivery fields.
+    #[must_use]
+    pub fn with_delivery(mut self, delivery: DeliveryApi) -> Self {
+        self.delivery = Some(delivery);
+        self
     }
 
     /// Maps webhook bodies with `map` (`--payload-map`) instead of reading
@@ -163,6 +198,7 @@ impl AppState {
 /// ended, and with them their handles to the writer.
 pub async fn serve(
     listener: TcpListener,
+    face: Face,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
@@ -171,7 +207,7 @@ pub async fn serve(
     let limits = state.limits;
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let stream_tasks = http2::StreamTasks::default();
-    let protocols = Arc::new(Protocols::new(&state, tls, stream_tasks.clone()));
+    let protocols = Arc::new(Protocols::new(&state, face, tls, stream_tasks.clone()));
     let graceful = GracefulShutdown::new();
     // Tells connections not yet handed to hyper that the server is closing.
     let (closing, closing_watch) = watch::channel(false);
@@ -246,10 +282,28 @@ pub async fn serve(
     state.warnings.flush(true);
 }
 
+/// Answers the requests of one socket: its routes, on the shared state.
+#[derive(Clone)]
+struct Handler {
+    state: Arc<AppState>,
+    face: Face,
+}
+
+impl Handler {
+    async fn handle(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+        routes::handle(&self.state, self.face, request).await
+    }
+}
+
 /// What every connection of one server shares: the TLS acceptor, if any,
 /// and the HTTP/1.1 and HTTP/2 settings.
 struct Protocols {
     state: Arc<AppState>,
+    /// The routes this socket serves.
+    face: Face,
     tls: Option<TlsAcceptor>,
     http1: http1::Builder,
     http2: hyper::server::conn::http2::Builder<http2::StreamTasks>,
@@ -261,6 +315,7 @@ struct Protocols {
 impl Protocols {
     fn new(
         state: &Arc<AppState>,
+        face: Face,
         tls: Option<Arc<rustls::ServerConfig>>,
         stream_tasks: http2::StreamTasks,
     ) -> Self {
@@ -272,10 +327,18 @@ impl Protocols {
             .max_buf_size(MAX_HEAD_BYTES);
         Protocols {
             state: Arc::clone(state),
+            face,
             tls: tls.map(TlsAcceptor::from),
             http1,
             http2: http2::builder(stream_tasks),
             request_slots: Arc::new(Semaphore::new(limits.max_connections)),
+        }
+    }
+
+    fn handler(&self) -> Handler {
+        Handler {
+            state: Arc::clone(&self.state),
+            face: self.face,
         }
     }
 
@@ -308,7 +371,7 @@ impl Protocols {
             http2::serve(
                 io,
                 &self.http2,
-                Arc::clone(&self.state),
+                self.handler(),
                 Arc::clone(&self.request_slots),
                 deadline,
                 limits.header_read_timeout,
@@ -328,10 +391,10 @@ impl Protocols {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let state = Arc::clone(&self.state);
+        let handler = self.handler();
         let service = service_fn(move |request| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(routes::handle(&state, request).await) }
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(request).await) }
         });
         let connection = watcher.watch(self.http1.serve_connection(io, service));
         if let Err(e) = connection.await {
@@ -344,4 +407,10 @@ impl Protocols {
 #[must_use]
 pub fn ready_line(addr: SocketAddr) -> String {
     format!("listening on {addr}")
+}
+
+/// The admin socket's ready line, logged after [`ready_line`].
+#[must_use]
+pub fn admin_ready_line(addr: SocketAddr) -> String {
+    format!("admin listening on {addr}")
 }

@@ -19,13 +19,13 @@ use serde::Serialize;
 use super::body::{self, BodyError};
 use super::errors::{AboutTransaction, ApiError, Rejection, close_connection, json, json_bytes};
 use super::original::{self, Include};
-use super::{AppState, access, health, listing, mapped, openapi, untrusted};
+use super::{AppState, Face, access, delivery, health, listing, mapped, openapi, untrusted};
 use crate::clock::now_ms;
 use crate::metrics::{Format, Route, WebhookOutcome};
 use crate::model;
 use crate::store::Store;
 use crate::store::writer::AcceptOutcome;
-use crate::view::{transaction_json, transaction_json_with_payload};
+use crate::view::{delivered_json, transaction_json, transaction_json_with_payload};
 
 const WEBHOOKS_PATH: &str = "/v1/webhooks/transactions";
 const TRANSACTIONS_PATH: &str = "/v1/transactions";
@@ -34,9 +34,20 @@ const METRICS_PATH: &str = "/metrics";
 const OPENAPI_PATH: &str = "/openapi.json";
 
 /// Routes the request, then counts and logs it.
-pub(super) async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(super) async fn handle(
+    state: &AppState,
+    face: Face,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let route = route_of(request.uri().path());
+    let route = match route_of(request.uri().path()) {
+        // Another socket's route is unknown here.
+        Route::Webhooks if face == Face::Admin => Route::Unknown,
+        route if face == Face::Public && access::exposure(route) == access::Exposure::Admin => {
+            Route::Unknown
+        }
+        route => route,
+    };
     let access = state
         .access_log
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
@@ -94,7 +105,9 @@ fn route_of(path: &str) -> Route {
         METRICS_PATH => Route::Metrics,
         OPENAPI_PATH => Route::OpenApi,
         TRANSACTIONS_PATH => Route::Transactions,
-        _ if path.starts_with(TRANSACTIONS_PREFIX) => Route::Transaction,
+        delivery::REDELIVERIES_PATH => Route::Redeliveries,
+        _ if path.starts_with(delivery::REDELIVERIES_PREFIX) => Route::Redelivery,
+        _ if path.starts_with(TRANSACTIONS_PREFIX) => delivery::transaction_route(path),
         _ => Route::Unknown,
     }
 }
@@ -110,7 +123,8 @@ async fn dispatch(
     let method = request.method();
     match route {
         Route::Health if method == Method::GET => {
-            health::health(&state.health, &state.writer).await
+            let delivery = state.delivery.as_ref().map(|d| d.status.paused());
+            health::health(&state.health, &state.writer, delivery).await
         }
         Route::Webhooks if method == Method::POST => match receive(state, request).await {
             Ok(response) | Err(response) => response,
@@ -131,12 +145,26 @@ async fn dispatch(
         Route::Transactions if method == Method::GET => {
             listing::list(state, request.uri().query()).await
         }
+        Route::Attempts if method == Method::GET => {
+            delivery::attempts(state, delivery::id_segment(request.uri().path())).await
+        }
+        Route::Redeliver if method == Method::POST => {
+            delivery::redeliver(state, delivery::id_segment(request.uri().path())).await
+        }
+        Route::Redeliveries if method == Method::POST => delivery::create(state, request).await,
+        Route::Redelivery if method == Method::GET => {
+            delivery::progress(state, request.uri().path()).await
+        }
         Route::Health
         | Route::Metrics
         | Route::OpenApi
         | Route::Transaction
-        | Route::Transactions => ApiError::MethodNotAllowed("GET").response(),
-        Route::Webhooks => ApiError::MethodNotAllowed("POST").response(),
+        | Route::Transactions
+        | Route::Attempts
+        | Route::Redelivery => ApiError::MethodNotAllowed("GET").response(),
+        Route::Webhooks | Route::Redeliver | Route::Redeliveries => {
+            ApiError::MethodNotAllowed("POST").response()
+        }
         Route::Unknown => ApiError::NotFound("no such path").response(),
     }
 }
@@ -147,8 +175,22 @@ async fn dispatch(
 async fn metrics(state: &AppState, format: Format) -> Response<Full<Bytes>> {
     let reader = state.store.clone();
     let now = now_ms();
-    let jobs = match tokio::task::spawn_blocking(move || reader.job_stats(now)).await {
-        Ok(Ok(figures)) => figures,
+    let delivers = state.delivery.is_some();
+    let read = move || {
+        let failed = if delivers {
+            Some(reader.failed_count()?)
+        } else {
+            None
+        };
+        Ok::<_, crate::store::StoreError>((reader.job_stats(now)?, failed))
+    };
+    let jobs = match tokio::task::spawn_blocking(read).await {
+        Ok(Ok((figures, failed))) => {
+            if let Some(failed) = failed {
+                state.metrics.set_failed(failed);
+            }
+            figures
+        }
         Ok(Err(e)) => {
             return ApiError::read_failed(format!("job gauges read failed: {e}")).response();
         }
@@ -280,7 +322,7 @@ async fn receive(
 }
 
 /// `application/json`, any case, parameters (`; charset=utf-8`) allowed.
-fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
+pub(super) fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
     let Some(Ok(value)) = value.map(HeaderValue::to_str) else {
         return false;
     };
@@ -303,6 +345,16 @@ async fn status(state: &AppState, raw_id: &str, include: Include) -> Response<Fu
     let store = state.store.clone();
     if include.payload {
         return with_payload(store, id).await;
+    }
+    if state.delivery.is_some() {
+        return match tokio::task::spawn_blocking(move || store.delivery_view(&id)).await {
+            Ok(Ok(Some(view))) => json_bytes(StatusCode::OK, delivered_json(&view)),
+            Ok(Ok(None)) => ApiError::NotFound("no such transaction").response(),
+            Ok(Err(e)) => ApiError::read_failed(format!("transaction read failed: {e}")).response(),
+            Err(e) => {
+                ApiError::read_failed(format!("transaction read task failed: {e}")).response()
+            }
+        };
     }
     match tokio::task::spawn_blocking(move || store.get(&id)).await {
         Ok(Ok(Some(record))) => json_bytes(StatusCode::OK, transaction_json(&record)),

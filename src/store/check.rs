@@ -22,6 +22,8 @@ pub struct CheckReport {
     pub processing: u64,
     /// Of which PROCESSED.
     pub processed: u64,
+    /// Of which FAILED (delivery gave up).
+    pub failed: u64,
     /// Pending jobs: rows and the log's tail.
     pub pending_jobs: usize,
     /// Original bodies kept (`--payload-map`).
@@ -55,12 +57,19 @@ impl Store {
             match record {
                 Ok(record) => {
                     let id = record.transaction.transaction_id;
-                    if record.status == Status::Processing {
-                        report.processing += 1;
-                    } else {
-                        report.processed += 1;
-                        if record.processed_at_ms.is_none() {
-                            problems.push(format!("{id:?} is PROCESSED without processed_at"));
+                    match record.status {
+                        Status::Processing => report.processing += 1,
+                        Status::Processed => {
+                            report.processed += 1;
+                            if record.processed_at_ms.is_none() {
+                                problems.push(format!("{id:?} is PROCESSED without processed_at"));
+                            }
+                        }
+                        Status::Failed => {
+                            report.failed += 1;
+                            if record.delivery.failed_at_ms.is_none() {
+                                problems.push(format!("{id:?} is FAILED without failed_at"));
+                            }
                         }
                     }
                     if let Some(other) = key_of_id.insert(id.clone(), key) {
@@ -124,7 +133,7 @@ impl Store {
             }
             // A PROCESSING entry after the rows watermark gets its listing
             // row with its job's, in the writer's next rows merge.
-            let listing_row_due = *key <= rows_upto || *status == Status::Processed;
+            let listing_row_due = *key <= rows_upto || *status != Status::Processing;
             if listing_row_due && !listed.contains(key) {
                 problems.push(format!("{id:?} is missing from the listing index"));
             }

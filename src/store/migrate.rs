@@ -20,6 +20,9 @@
 //!   schema 4 purged is not deduplicated. One commit.
 //! - 5 → 6: adds `payloads` ([`super::payloads`]), empty: transactions
 //!   stored before have no original body. One commit.
+//! - 6 → 7: adds the delivery tables (`attempts`, `attempts_open`,
+//!   `redeliveries`), empty. Records are read as they are (version 3: no
+//!   attempt yet). One commit.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -29,9 +32,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::encoding::{self, DecodeError};
 use super::ids::IdHasher;
 use super::schema::{
-    ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
-    LOG_BY_STATUS, META, PAYLOADS, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
-    next_log_key, status_key,
+    ATTEMPTS, ATTEMPTS_OPEN, ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG,
+    LOG_BY_PROCESSED_AT, LOG_BY_STATUS, META, PAYLOADS, REDELIVERIES, ROWS_INDEXED_UPTO_KEY,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY, next_log_key, status_key,
 };
 use crate::model::Status;
 
@@ -80,6 +83,7 @@ pub(crate) fn to_current(
             3 => from_v3(db, id_hasher)?,
             4 => from_v4(db)?,
             5 => from_v5(db)?,
+            6 => from_v6(db)?,
             // No such version was ever written: left as it is.
             _ => return Ok(()),
         });
@@ -152,6 +156,18 @@ fn from_v5(db: &Database) -> Result<u64, MigrationError> {
     txn.commit()?;
     tracing::info!("migrated the database from schema version 5 to 6");
     Ok(6)
+}
+
+/// Schema 6 → 7: the delivery tables, empty. One commit.
+fn from_v6(db: &Database) -> Result<u64, MigrationError> {
+    let txn = db.begin_write()?;
+    txn.open_table(ATTEMPTS)?;
+    txn.open_table(ATTEMPTS_OPEN)?;
+    txn.open_table(REDELIVERIES)?;
+    txn.open_table(META)?.insert(SCHEMA_VERSION_KEY, 7)?;
+    txn.commit()?;
+    tracing::info!("migrated the database from schema version 6 to 7");
+    Ok(7)
 }
 
 /// Schema 1 → 4 (see the module doc).

@@ -12,6 +12,9 @@
 //! | `log_by_processed_at` | (`processed_at`, log key) → () | retention, oldest first |
 //! | `id_tombstones` | log key → (end of window, fields digest, id) | deduplicating purged ids ([`tombstones`]) |
 //! | `payloads` | log key → `Content-Type` and body as received | the original of a mapped webhook ([`payloads`]) |
+//! | `attempts` | (log key, attempt number) → attempt | the delivery journal ([`attempts`]) |
+//! | `attempts_open` | log key → attempt number | attempts in flight, resolved after a crash |
+//! | `redeliveries` | id → bulk redelivery | durable bulk redeliveries ([`redeliveries`]) |
 //! | `meta` | name → number | schema version, id hash key, the two watermarks |
 //!
 //! A log key is `created_ms << 20 | n` ([`next_log_key`]): records are
@@ -58,8 +61,10 @@
 //! ([`unacknowledged`]). A file of an older schema is migrated when opened
 //! ([`migrate`]).
 
+pub mod attempts;
 pub mod backend;
 mod check;
+pub mod delivery_read;
 pub mod encoding;
 pub mod ids;
 pub mod migrate;
@@ -67,6 +72,7 @@ mod open;
 pub mod overlay;
 pub mod payloads;
 mod read;
+pub mod redeliveries;
 pub mod reopen;
 pub mod schema;
 pub mod tail;

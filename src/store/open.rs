@@ -10,9 +10,9 @@ use super::ids::{HashKeyError, IdHasher};
 use super::migrate::{self, MigrationError};
 use super::reopen::{OpenDatabase, open_writable};
 use super::schema::{
-    ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
-    LOG_BY_STATUS, META, PAYLOADS, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
-    read_meta,
+    ATTEMPTS, ATTEMPTS_OPEN, ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG,
+    LOG_BY_PROCESSED_AT, LOG_BY_STATUS, META, PAYLOADS, REDELIVERIES, ROWS_INDEXED_UPTO_KEY,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY, read_meta,
 };
 use super::tail::LogTail;
 use super::unacknowledged::Unacknowledged;
@@ -143,6 +143,9 @@ fn initialise(db: &Database) -> Result<(), redb::Error> {
         txn.open_table(LOG_BY_PROCESSED_AT)?;
         txn.open_table(ID_TOMBSTONES)?;
         txn.open_table(PAYLOADS)?;
+        txn.open_table(ATTEMPTS)?;
+        txn.open_table(ATTEMPTS_OPEN)?;
+        txn.open_table(REDELIVERIES)?;
         let mut meta = txn.open_table(META)?;
         meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
         for watermark in [IDS_INDEXED_UPTO_KEY, ROWS_INDEXED_UPTO_KEY] {

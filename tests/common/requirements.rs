@@ -30,10 +30,12 @@ pub enum Need {
     PythonClients,
     /// `openapi-spec-validator` (`tests/openapi/install.sh`).
     OpenApiValidator,
+    /// The system's root certificates (Debian's `ca-certificates`).
+    SystemRoots,
 }
 
 impl Need {
-    pub const ALL: [Need; 8] = [
+    pub const ALL: [Need; 9] = [
         Need::TmpfsMount,
         Need::Setpriv,
         Need::Strace,
@@ -42,6 +44,7 @@ impl Need {
         Need::Curl,
         Need::PythonClients,
         Need::OpenApiValidator,
+        Need::SystemRoots,
     ];
 
     /// The `cfg` that build.rs sets when this is missing.
@@ -55,6 +58,7 @@ impl Need {
             Need::Curl => "webhookd_no_curl",
             Need::PythonClients => "webhookd_no_python_clients",
             Need::OpenApiValidator => "webhookd_no_openapi_validator",
+            Need::SystemRoots => "webhookd_no_system_roots",
         }
     }
 
@@ -117,6 +121,12 @@ impl Need {
                     "python3 with the svix and standardwebhooks packages is missing (tests/clients/install.sh)"
                         .to_owned()
                 }),
+            Need::SystemRoots => std::path::Path::new(SYSTEM_ROOTS)
+                .is_file()
+                .then_some(())
+                .ok_or_else(|| {
+                    format!("the system's root certificates ({SYSTEM_ROOTS}) are missing (apt-get install ca-certificates)")
+                }),
             Need::OpenApiValidator => openapi_validator().map(|_| ()).ok_or_else(|| {
                 "openapi-spec-validator is missing (tests/openapi/install.sh)".to_owned()
             }),
@@ -149,6 +159,9 @@ pub fn openapi_validator() -> Option<std::path::PathBuf> {
         .chain([std::path::PathBuf::from(VALIDATOR)])
         .find(|candidate| runs(Command::new(candidate).arg("--version")))
 }
+
+/// The bundle of root certificates Debian's `ca-certificates` installs.
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Where `pip` puts packages for the `python3` on the `PATH`, if there is one.
 pub fn python_packages_dir() -> Option<String> {

@@ -19,9 +19,13 @@
 //! stored and every caller in it is told so; the database is then reopened
 //! without a restart ([`recovery`]), so a 503 always means "not stored".
 
+pub mod delivery;
+pub mod delivery_commands;
+mod errors;
 pub mod id_merge;
 pub mod ops;
 pub mod recovery;
+mod redeliver;
 pub mod rows_merge;
 
 use std::sync::Arc;
@@ -31,13 +35,16 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::encoding::DecodeError;
 use super::payloads::OriginalBody;
 use super::{Job, Store, StoreError};
 use crate::clock::now_ms;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
+use crate::retry::RetrySchedule;
+use delivery_commands::{DeliveryCommand, DeliveryOutcome};
+pub use delivery_commands::{Finish, Next, RedeliverOutcome, Started};
+pub use errors::{SpawnError, WriteError};
 use id_merge::{IdMerge, IdStep};
 pub use ops::Purged;
 use ops::Tables;
@@ -76,48 +83,6 @@ pub enum AcceptOutcome {
     Conflict,
 }
 
-/// Why the writer could not do what was asked. All of these mean "not
-/// stored; try again later" to a client. Clone, since one failed commit is
-/// reported to every caller of its batch: sources are shared by `Arc`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum WriteError {
-    /// The queue in front of the writer is full (overload).
-    #[error("the write queue is full")]
-    QueueFull,
-    /// The writer has stopped (shutting down).
-    #[error("the store writer is shut down")]
-    Closed,
-    /// The write transaction or its commit failed; nothing of the batch was stored.
-    #[error("storage cannot accept writes: {0}")]
-    Storage(#[source] Arc<StoreError>),
-    /// A write failed earlier and the database could not be reopened yet;
-    /// nothing was tried.
-    #[error("storage failed and the database could not be reopened yet: {0}")]
-    NotReopened(#[source] Arc<StoreError>),
-    /// The record already stored under this id cannot be decoded.
-    #[error("stored record {key} cannot be read: {source}")]
-    Corrupt {
-        /// Its log key.
-        key: u64,
-        /// Why it does not decode.
-        #[source]
-        source: Arc<DecodeError>,
-    },
-}
-
-/// Why the writer could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SpawnError {
-    /// Reading where the log and the merges stand failed.
-    #[error("cannot read the database to start the store writer: {0}")]
-    Read(#[from] StoreError),
-    /// A thread could not be started.
-    #[error("cannot start the store writer's threads: {0}")]
-    Thread(#[source] std::io::Error),
-}
-
 enum Command {
     Accept {
         transaction: NewTransaction,
@@ -138,6 +103,8 @@ enum Command {
         limit: usize,
         reply: oneshot::Sender<Result<Purged, WriteError>>,
     },
+    /// Attempt journal and redelivery ([`delivery`]).
+    Delivery(DeliveryCommand),
     /// Periodic nudge: merge while there is time.
     Tick,
 }
@@ -292,9 +259,32 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     on_new_jobs: impl Fn(u64) + Send + 'static,
 ) -> Result<(WriterHandle, WriterThread), SpawnError> {
+    spawn_delivering(
+        store,
+        process_delay,
+        queue_depth,
+        metrics,
+        None,
+        on_new_jobs,
+    )
+}
+
+/// [`spawn`] for a daemon that delivers (`--deliver-to`): new jobs fall due
+/// after `retry`'s first wait too, and redeliveries start it afresh. With
+/// or without it, the first batch records the attempts the last stop cut
+/// off as interrupted ([`WriterHandle::resolve_interrupted_blocking`]).
+pub fn spawn_delivering(
+    store: Store,
+    process_delay: Duration,
+    queue_depth: usize,
+    metrics: Arc<Metrics>,
+    retry: Option<Arc<RetrySchedule>>,
+    on_new_jobs: impl Fn(u64) + Send + 'static,
+) -> Result<(WriterHandle, WriterThread), SpawnError> {
     let (queue, commands) = mpsc::channel(queue_depth.max(1));
     let failures = FailureMemory::default();
     let heartbeat = Heartbeat::new();
+    let interrupted_metrics = Arc::clone(&metrics);
     let (rows_indexed_upto, rows_lag) = store.rows_lag()?;
     let writer = Writer {
         last_key: store.last_log_key()?,
@@ -310,6 +300,7 @@ pub fn spawn(
         buf: Vec::with_capacity(256),
         metrics,
         heartbeat: heartbeat.clone(),
+        retry,
     };
     // Holds only a weak sender, so it never keeps the writer alive.
     let ticks = queue.downgrade();
@@ -339,18 +330,27 @@ pub fn spawn(
             return Err(SpawnError::Thread(e));
         }
     };
-    Ok((
-        WriterHandle {
-            queue,
-            failures,
-            heartbeat,
-        },
-        WriterThread {
-            writer,
-            ticker,
-            stop_ticker,
-        },
-    ))
+    let handle = WriterHandle {
+        queue,
+        failures,
+        heartbeat,
+    };
+    let thread = WriterThread {
+        writer,
+        ticker,
+        stop_ticker,
+    };
+    // Before anyone schedules: a job whose attempt is still open would be
+    // skipped until it is resolved.
+    match handle.resolve_interrupted_blocking() {
+        Ok(count) => interrupted_metrics.delivery_interrupted(count),
+        Err(e) => {
+            drop(handle);
+            let _ = thread.join();
+            return Err(SpawnError::Interrupted(e));
+        }
+    }
+    Ok((handle, thread))
 }
 
 struct Writer {
@@ -373,6 +373,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     /// Beaten once per batch, for the systemd watchdog.
     heartbeat: Heartbeat,
+    /// With delivery: the retry schedule (its first wait delays new jobs).
+    retry: Option<Arc<RetrySchedule>>,
 }
 
 /// What a batch changed outside its write transaction: undone if its
@@ -420,6 +422,7 @@ impl Applied {
 enum Outcome {
     Accept(Result<AcceptOutcome, WriteError>),
     Purged(Purged),
+    Delivery(DeliveryOutcome),
     Done,
 }
 
@@ -629,6 +632,7 @@ fn answer(command: Command, outcome: Outcome) {
         (Command::Purge { reply, .. }, Outcome::Purged(count)) => {
             let _ = reply.send(Ok(count));
         }
+        (Command::Delivery(command), Outcome::Delivery(outcome)) => command.answer(outcome),
         _ => unreachable!("outcomes are produced in command order, one per command"),
     }
 }
@@ -644,6 +648,7 @@ fn fail(command: Command, error: WriteError) {
         Command::Purge { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        Command::Delivery(command) => command.fail(error),
         Command::Tick => {}
     }
 }

@@ -27,7 +27,7 @@ pub struct Purged {
 
 /// The tables one batch writes.
 pub(super) struct Tables<'txn> {
-    txn: &'txn WriteTransaction,
+    pub(super) txn: &'txn WriteTransaction,
     pub(super) log: Table<'txn, u64, &'static [u8]>,
     pub(super) id_hashes: Table<'txn, (u64, u64), ()>,
     pub(super) jobs_by_due: Table<'txn, (u64, u64), ()>,
@@ -36,6 +36,8 @@ pub(super) struct Tables<'txn> {
     /// Opened on first use, so a batch that keeps no original body
     /// (every batch without `--payload-map`) never touches the table.
     payloads: Option<Table<'txn, u64, &'static [u8]>>,
+    /// The delivery journal, opened by the first delivery command.
+    pub(super) journal: Option<super::delivery::Journal<'txn>>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -48,6 +50,7 @@ impl<'txn> Tables<'txn> {
             log_by_status: txn.open_table(LOG_BY_STATUS)?,
             log_by_processed_at: txn.open_table(LOG_BY_PROCESSED_AT)?,
             payloads: None,
+            journal: None,
         })
     }
 
@@ -117,6 +120,9 @@ impl Writer {
                 applied.probed = true;
                 Ok(Outcome::Done)
             }
+            Command::Delivery(command) => Ok(Outcome::Delivery(
+                self.apply_delivery(tables, command, now_ms, rows_upto, applied)?,
+            )),
             Command::Tick => Ok(Outcome::Done),
         }
     }
@@ -167,7 +173,11 @@ impl Writer {
         }
         let key = next_log_key(self.last_key, now_ms);
         self.last_key = key;
-        let due = now_ms.saturating_add(self.delay_ms);
+        // With delivery, the schedule's first wait counts from the due time.
+        let first_wait = self.retry.as_ref().and_then(|r| r.wait_ms_before(0));
+        let due = now_ms
+            .saturating_add(self.delay_ms)
+            .saturating_add(first_wait.unwrap_or(0));
         encoding::encode_into(
             transaction,
             encoding::State {
@@ -232,7 +242,8 @@ impl Writer {
             };
             match record {
                 Ok((record, due)) if record.status == Status::Processing => {
-                    encoding::encode_into(
+                    // Attempts made while --deliver-to was set stay on record.
+                    encoding::encode_with_delivery(
                         &record.transaction,
                         encoding::State {
                             status: Status::Processed,
@@ -240,6 +251,7 @@ impl Writer {
                             processed_at_ms: Some(now_ms),
                             due_at_ms: due.or(Some(job.due_ms)),
                         },
+                        &record.delivery,
                         &mut self.buf,
                     );
                     tables.log.insert(job.log_key, self.buf.as_slice())?;
@@ -313,6 +325,15 @@ impl Writer {
                     tables
                         .log_by_status
                         .remove((status_key(record.status), log_key))?;
+                    // Its delivery journal goes with it.
+                    let journal = &mut tables.journal()?.attempts;
+                    let attempts: Vec<u32> = journal
+                        .range((log_key, 0)..=(log_key, u32::MAX))?
+                        .map(|row| row.map(|(key, _)| key.value().1))
+                        .collect::<Result<_, _>>()?;
+                    for attempt in attempts {
+                        journal.remove((log_key, attempt))?;
+                    }
                     deleted += 1;
                 }
                 // Damaged data is never deleted unseen: the record stays for
