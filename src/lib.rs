@@ -9,6 +9,8 @@
 //! - [`metrics`]: counters, histograms and gauges for `GET /metrics`;
 //! - [`model`]: the transaction record, payload parsing and validation, exact amounts;
 //! - [`payload_map`]: `--payload-map`, a provider's body mapped onto a transaction;
+//! - [`progress_bar`]: progress of the long admin commands and of a migration
+//!   at start, as a bar on a terminal's stderr;
 //! - [`store`]: the redb file (tables, the log and its tail, merges,
 //!   migrations, recovery after storage faults; the design is in its doc)
 //!   and the single group-committing writer ([`store::writer`]), the
@@ -43,6 +45,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod payload_map;
+pub mod progress_bar;
 pub mod retention;
 pub mod scheduler;
 pub mod shutdown;
@@ -286,11 +289,15 @@ pub fn run_with(
     let activated = systemd::activated_listener()?;
     let notifier = Arc::new(systemd::Notifier::from_env());
     // Crash repair and schema migrations run here; systemd is told that
-    // start-up goes on for as long as they take.
+    // start-up goes on for as long as they take, and a terminal sees a
+    // migration's progress (a bar, cleared before the next log line).
     let store = systemd::while_starting(
         &notifier,
         "opening the database (repairing or migrating it if needed)",
-        || Store::open_with(&config.data_dir, &*options.storage),
+        || {
+            let progress = progress_bar::TerminalProgress::on_stderr(config.quiet);
+            Store::open_with(&config.data_dir, &*options.storage, &progress)
+        },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -59,7 +59,7 @@ _webhookd() {
 
     case "${cmd}" in
         webhookd)
-            opts="-h -V --data-dir --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --payload-map --access-log --log-format --queue-depth --help --version inspect export check backup check-map help"
+            opts="-q -h -V --data-dir --quiet --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --payload-map --access-log --log-format --queue-depth --help --version inspect export check backup check-map help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -141,7 +141,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__backup)
-            opts="-h --data-dir --help"
+            opts="-q -h --data-dir --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -159,7 +159,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__check)
-            opts="-h --data-dir --help"
+            opts="-q -h --data-dir --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -177,7 +177,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__check__subcmd__map)
-            opts="-h --data-dir --help"
+            opts="-q -h --data-dir --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -195,7 +195,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__export)
-            opts="-h --format --data-dir --help"
+            opts="-q -h --format --data-dir --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -315,7 +315,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__inspect)
-            opts="-h --data-dir --help"
+            opts="-q -h --data-dir --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

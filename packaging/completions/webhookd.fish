@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_webhookd_global_optspecs
-    string join \n data-dir= listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= access-log log-format= queue-depth= h/help V/version
+    string join \n data-dir= q/quiet listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= access-log log-format= queue-depth= h/help V/version
 end
 
 function __fish_webhookd_needs_command
@@ -44,6 +44,7 @@ complete -c webhookd -n "__fish_webhookd_needs_command" -l payload-map -d 'Map e
 complete -c webhookd -n "__fish_webhookd_needs_command" -l log-format -d 'Log line format; the level comes from `RUST_LOG` (default info)' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c webhookd -n "__fish_webhookd_needs_command" -l queue-depth -d 'Capacity of the queue in front of the store writer; when it is full, webhooks are answered 503 with Retry-After instead of queueing without bound' -r
+complete -c webhookd -n "__fish_webhookd_needs_command" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_needs_command" -l access-log -d 'Log one line per request (method, path, status, latency, transaction id; never payloads or signatures)'
 complete -c webhookd -n "__fish_webhookd_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c webhookd -n "__fish_webhookd_needs_command" -s V -l version -d 'Print version'
@@ -54,15 +55,20 @@ complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "backup" -d 'Write
 complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "check-map" -d 'Print the transaction SAMPLE would become under the payload map FILE, or the answer that would refuse it (no data dir or daemon needed); exit 1 if it would be refused, 2 if FILE does not load'
 complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand inspect" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand inspect" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand inspect" -s h -l help -d 'Print help'
 complete -c webhookd -n "__fish_webhookd_using_subcommand export" -l format -d 'Output format' -r -f -a "jsonl\t'JSON lines'"
 complete -c webhookd -n "__fish_webhookd_using_subcommand export" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand export" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c webhookd -n "__fish_webhookd_using_subcommand check" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand check" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand check" -s h -l help -d 'Print help'
 complete -c webhookd -n "__fish_webhookd_using_subcommand backup" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand backup" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand backup" -s h -l help -d 'Print help'
 complete -c webhookd -n "__fish_webhookd_using_subcommand check-map" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand check-map" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand check-map" -s h -l help -d 'Print help'
 complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup check-map help" -f -a "inspect" -d 'Print one stored transaction as JSON, as `GET /v1/transactions/{id}` shows it'
 complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup check-map help" -f -a "export" -d 'Write every stored transaction to stdout, one JSON object per line, in arrival order'
