@@ -30,10 +30,13 @@ pub enum Need {
     PythonClients,
     /// `openapi-spec-validator` (`tests/openapi/install.sh`).
     OpenApiValidator,
+    /// `script` (util-linux; Debian's `bsdutils`), to run a command on a
+    /// pseudo-terminal.
+    Script,
 }
 
 impl Need {
-    pub const ALL: [Need; 8] = [
+    pub const ALL: [Need; 9] = [
         Need::TmpfsMount,
         Need::Setpriv,
         Need::Strace,
@@ -42,6 +45,7 @@ impl Need {
         Need::Curl,
         Need::PythonClients,
         Need::OpenApiValidator,
+        Need::Script,
     ];
 
     /// The `cfg` that build.rs sets when this is missing.
@@ -55,6 +59,7 @@ impl Need {
             Need::Curl => "webhookd_no_curl",
             Need::PythonClients => "webhookd_no_python_clients",
             Need::OpenApiValidator => "webhookd_no_openapi_validator",
+            Need::Script => "webhookd_no_script",
         }
     }
 
@@ -120,6 +125,12 @@ impl Need {
             Need::OpenApiValidator => openapi_validator().map(|_| ()).ok_or_else(|| {
                 "openapi-spec-validator is missing (tests/openapi/install.sh)".to_owned()
             }),
+            Need::Script => runs(Command::new("script").args(["-qec", "true", "/dev/null"]))
+                .then_some(())
+                .ok_or_else(|| {
+                    "script, to run a command on a pseudo-terminal, is missing (apt-get install bsdutils)"
+                        .to_owned()
+                }),
         }
     }
 }
