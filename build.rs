@@ -1,8 +1,8 @@
 //! Marks the integration tests that need something this machine lacks
 //! (root to mount a tmpfs, `setpriv`, `strace`, `promtool`, Prometheus,
-//! `curl`, the Python webhook libraries, `openapi-spec-validator`; see
-//! `tests/common/requirements.rs`) as ignored, by setting a `cfg` per
-//! missing requirement that those tests turn into
+//! `curl`, the Python webhook libraries, `openapi-spec-validator`,
+//! `script`; see `tests/common/requirements.rs`) as ignored, by setting a
+//! `cfg` per missing requirement that those tests turn into
 //! `#[ignore = "reason"]`: `cargo test` then lists them as ignored instead
 //! of passing them unseen. With `CI=true` nothing is ignored, so a missing
 //! requirement fails its test, naming it.

@@ -5,15 +5,23 @@
 //! by a running webhookd is refused with the same one-line error (redb
 //! holds an exclusive lock; there is no online backup), a file left by a
 //! crash is repaired first, and a newer schema is refused untouched.
+//!
+//! `export`, `check`, `backup` and a migration on open show their progress
+//! on stderr when it is a terminal ([`crate::progress_bar`]); their output
+//! is the same with or without it.
 
-use std::io::Write;
+use std::io::{IsTerminal as _, Read as _, Write};
 use std::path::{Path, PathBuf};
 
 use crate::cli::{AdminCommand, ExportFormat};
-use crate::store::{DB_FILE_NAME, OpenError, Store, StoreError};
+use crate::progress_bar::TerminalProgress;
+use crate::store::{DB_FILE_NAME, FileOpener, OpenError, Progress as _, Store, StoreError};
 
 /// Most problems `check` lists before only counting them.
 const MAX_LISTED_PROBLEMS: usize = 20;
+
+/// Bytes `backup` copies between two progress reports.
+const BACKUP_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Why an admin command failed (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +61,9 @@ pub enum AdminError {
 }
 
 /// Runs one admin command against `data_dir`, writing results to stdout
-/// and findings of `check` to stderr.
-pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
+/// and findings of `check` to stderr; progress goes to stderr if it is a
+/// terminal, unless `quiet`.
+pub fn run(command: &AdminCommand, data_dir: &Path, quiet: bool) -> Result<(), AdminError> {
     if let AdminCommand::CheckMap { .. } = command {
         return Err(AdminError::NotForDataDir);
     }
@@ -62,13 +71,18 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
     if !file.exists() {
         return Err(AdminError::NoDatabase(data_dir.to_owned(), command.verb()));
     }
+    // `export` on a terminal shows its lines there: a bar drawn between
+    // them would tear them.
+    let exports_to_terminal =
+        matches!(command, AdminCommand::Export { .. }) && std::io::stdout().is_terminal();
+    let progress = TerminalProgress::on_stderr(quiet || exports_to_terminal);
     if let AdminCommand::Backup { dest } = command {
         // Opening repairs a file left by a crash and refuses one in use;
         // closing again leaves the file clean, so the copy needs no repair.
-        drop(Store::open(data_dir)?);
-        return backup(&file, dest, data_dir);
+        drop(Store::open_with(data_dir, &FileOpener, &progress)?);
+        return backup(&file, dest, data_dir, &progress);
     }
-    let store = Store::open(data_dir)?;
+    let store = Store::open_with(data_dir, &FileOpener, &progress)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let io = |what: &str| {
@@ -89,7 +103,7 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
         } => {
             let mut failure = None;
             let mut undecodable = 0;
-            store.for_each_transaction(|key, record| match record {
+            store.for_each_transaction(&progress, |key, record| match record {
                 Ok(record) => match out
                     .write_all(&crate::view::transaction_json(&record))
                     .and_then(|()| out.write_all(b"\n"))
@@ -101,7 +115,9 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
                     }
                 },
                 Err(e) => {
-                    eprintln!("webhookd: cannot decode the record at log key {key}: {e}");
+                    progress.suspend(|| {
+                        eprintln!("webhookd: cannot decode the record at log key {key}: {e}");
+                    });
                     undecodable += 1;
                     true
                 }
@@ -113,7 +129,7 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
                 return Err(AdminError::Damaged(undecodable));
             }
         }
-        AdminCommand::Check => check(&store, &mut out)?,
+        AdminCommand::Check => check(&store, &progress, &mut out)?,
         AdminCommand::Backup { .. } | AdminCommand::CheckMap { .. } => {
             unreachable!("handled above")
         }
@@ -124,8 +140,12 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
 
 /// Prints what [`Store::check`] found: the problems (the first
 /// [`MAX_LISTED_PROBLEMS`]) to stderr, or the summary to `out`.
-fn check(store: &Store, out: &mut impl Write) -> Result<(), AdminError> {
-    let report = store.check()?;
+fn check(
+    store: &Store,
+    progress: &TerminalProgress,
+    out: &mut impl Write,
+) -> Result<(), AdminError> {
+    let report = store.check(progress)?;
     for problem in report.problems.iter().take(MAX_LISTED_PROBLEMS) {
         eprintln!("webhookd check: {problem}");
     }
@@ -155,8 +175,13 @@ fn check(store: &Store, out: &mut impl Write) -> Result<(), AdminError> {
 
 /// Copies the closed database file under an exclusive lock on it (the
 /// same flock redb takes, so no webhookd can start and write meanwhile);
-/// the copy is fsync'd.
-fn backup(file: &Path, dest: &Path, data_dir: &Path) -> Result<(), AdminError> {
+/// the copy is fsync'd. Progress is counted in bytes of the file.
+fn backup(
+    file: &Path,
+    dest: &Path,
+    data_dir: &Path,
+    progress: &TerminalProgress,
+) -> Result<(), AdminError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |what: String| move |source| AdminError::Io { what, source };
     let mut source = std::fs::File::open(file).map_err(io(file.display().to_string()))?;
@@ -178,9 +203,24 @@ fn backup(file: &Path, dest: &Path, data_dir: &Path) -> Result<(), AdminError> {
                 io(dest.display().to_string())(e)
             }
         })?;
-    let bytes = std::io::copy(&mut source, &mut target)
-        .and_then(|n| target.sync_all().map(|()| n))
-        .map_err(io(dest.display().to_string()))?;
+    let size = source
+        .metadata()
+        .map_err(io(file.display().to_string()))?
+        .len();
+    progress.start_bytes("copying the database", size);
+    let mut bytes = 0;
+    loop {
+        // A `Take` of the file keeps `io::copy`'s in-kernel copy.
+        let copied = std::io::copy(&mut (&mut source).take(BACKUP_CHUNK_BYTES), &mut target)
+            .map_err(io(dest.display().to_string()))?;
+        if copied == 0 {
+            break;
+        }
+        bytes += copied;
+        progress.advance(copied);
+    }
+    target.sync_all().map_err(io(dest.display().to_string()))?;
+    progress.finish();
     println!(
         "backup of {} written to {} ({bytes} bytes)",
         file.display(),

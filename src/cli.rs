@@ -31,6 +31,11 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
+    /// No progress bars: `export`, `check`, `backup` and a migration at
+    /// start draw one on stderr when it is a terminal (never otherwise).
+    #[arg(short, long, env = "WEBHOOKD_QUIET", global = true)]
+    pub quiet: bool,
+
     /// Without a command, run the daemon. The commands work on the data dir
     /// of a stopped daemon.
     #[command(subcommand)]

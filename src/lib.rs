@@ -12,6 +12,8 @@
 //! - [`metrics`]: counters, histograms and gauges for `GET /metrics`;
 //! - [`model`]: the transaction record, payload parsing and validation, exact amounts;
 //! - [`payload_map`]: `--payload-map`, a provider's body mapped onto a transaction;
+//! - [`progress_bar`]: progress of the long admin commands and of a migration
+//!   at start, as a bar on a terminal's stderr;
 //! - [`store`]: the redb file (tables, the log and its tail, merges,
 //!   migrations, recovery after storage faults; the design is in its doc)
 //!   and the single group-committing writer ([`store::writer`]), the
@@ -55,6 +57,7 @@ pub mod metrics;
 pub mod model;
 mod parts;
 pub mod payload_map;
+pub mod progress_bar;
 pub mod reload;
 pub mod retention;
 pub mod retry;
@@ -77,7 +80,7 @@ use crate::cli::Config;
 use crate::parts::Parts;
 use crate::startup::{Ready, Settings, Sockets};
 use crate::store::writer;
-use crate::store::{FileOpener, OpenError, StorageOpener, Store};
+use crate::store::{FileOpener, OpenError, StorageOpener};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -220,13 +223,7 @@ pub fn run_with(
     } = Settings::load(config)?;
     let activated = systemd::activated_listener()?;
     let notifier = Arc::new(systemd::Notifier::from_env());
-    // Crash repair and schema migrations run here; systemd is told that
-    // start-up goes on for as long as they take.
-    let store = systemd::while_starting(
-        &notifier,
-        "opening the database (repairing or migrating it if needed)",
-        || Store::open_with(&config.data_dir, &*options.storage),
-    )?;
+    let store = startup::open_store(config, &*options.storage, &notifier)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")

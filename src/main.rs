@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         return ExitCode::from(webhookd::check_map::run(map, sample));
     }
     if let Some(command) = &config.command {
-        return match webhookd::admin::run(command, &config.data_dir) {
+        return match webhookd::admin::run(command, &config.data_dir, config.quiet) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("webhookd: error: {e}");

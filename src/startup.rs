@@ -87,6 +87,24 @@ impl Secrets {
     }
 }
 
+/// Opens the store. Crash repair and schema migrations run here; systemd
+/// is told that start-up goes on for as long as they take, and a terminal
+/// sees a migration's progress (a bar, cleared before the next log line).
+pub(crate) fn open_store(
+    config: &Config,
+    storage: &dyn crate::store::StorageOpener,
+    notifier: &systemd::Notifier,
+) -> Result<Store, Error> {
+    Ok(systemd::while_starting(
+        notifier,
+        "opening the database (repairing or migrating it if needed)",
+        || {
+            let progress = crate::progress_bar::TerminalProgress::on_stderr(config.quiet);
+            Store::open_with(&config.data_dir, storage, &progress)
+        },
+    )?)
+}
+
 /// What ends [`crate::run_with`]: the caller's trigger, or else
 /// SIGTERM/SIGINT through the signal handlers installed here (returned to
 /// be closed).

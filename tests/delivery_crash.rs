@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use common::{Daemon, payload};
 use sink::{Answer, Sink};
 use webhookd::model::Status;
-use webhookd::store::Store;
 use webhookd::store::attempts::AttemptOutcome;
+use webhookd::store::{NoProgress, Store};
 
 const WEBHOOKS: usize = 10_000;
 const MIN_KILLS: usize = 30;
@@ -193,11 +193,11 @@ struct Counts {
 /// journal against what the sink saw.
 fn check_journal(dir: &std::path::Path, sink: &Sink) -> Counts {
     let store = Store::open(dir).unwrap();
-    let report = store.check().unwrap();
+    let report = store.check(&NoProgress).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let mut records = Vec::new();
     store
-        .for_each_transaction(|key, record| {
+        .for_each_transaction(&NoProgress, |key, record| {
             records.push((key, record.expect("every record decodes")));
             true
         })

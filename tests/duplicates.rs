@@ -16,7 +16,7 @@ use redb::{BackendError, StorageBackend};
 use serde_json::Value;
 use webhookd::metrics::Metrics;
 use webhookd::store::writer::{self, AcceptOutcome};
-use webhookd::store::{Access, FileOpener, StorageOpener, Store};
+use webhookd::store::{Access, FileOpener, NoProgress, StorageOpener, Store};
 
 use common::{
     DEADLINE, Daemon, check_totals, get_transaction, metric, payload, poll_until, wait_processed,
@@ -260,7 +260,7 @@ fn copies_in_one_writer_batch_share_one_commit_and_give_one_record_and_one_job()
     const BATCHED: usize = 50;
     let dir = tempfile::tempdir().unwrap();
     let gate = Arc::new(Gate::default());
-    let store = Store::open_with(dir.path(), &GatedOpener(Arc::clone(&gate))).unwrap();
+    let store = Store::open_with(dir.path(), &GatedOpener(Arc::clone(&gate)), &NoProgress).unwrap();
     let metrics = Arc::new(Metrics::new());
     let (handle, thread) = writer::spawn(
         store.clone(),
@@ -327,7 +327,7 @@ fn copies_in_one_writer_batch_share_one_commit_and_give_one_record_and_one_job()
     assert!(store.get("txn_batch").unwrap().is_some());
     let mut records = 0;
     store
-        .for_each_transaction(|_, record| {
+        .for_each_transaction(&NoProgress, |_, record| {
             record.unwrap();
             records += 1;
             true

@@ -59,7 +59,7 @@ _webhookd() {
 
     case "${cmd}" in
         webhookd)
-            opts="-h -V --data-dir --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --payload-map --tls-cert --tls-key --admin-token-file --access-log --log-format --queue-depth --admin-listen --deliver-to --deliver-timeout --deliver-concurrency --retry-schedule --deliver-signing-secret-file --deliver-ca-file --deliver-client-cert --deliver-client-key --help --version inspect export check backup check-map help"
+            opts="-q -h -V --data-dir --quiet --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --payload-map --tls-cert --tls-key --admin-token-file --access-log --log-format --queue-depth --admin-listen --deliver-to --deliver-timeout --deliver-concurrency --retry-schedule --deliver-signing-secret-file --deliver-ca-file --deliver-client-cert --deliver-client-key --help --version inspect export check backup check-map help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -189,7 +189,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__backup)
-            opts="-h --data-dir --help"
+            opts="-q -h --data-dir --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -207,7 +207,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__check)
-            opts="-h --data-dir --help"
+            opts="-q -h --data-dir --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -225,7 +225,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__check__subcmd__map)
-            opts="-h --data-dir --help"
+            opts="-q -h --data-dir --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -243,7 +243,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__export)
-            opts="-h --format --data-dir --help"
+            opts="-q -h --format --data-dir --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -363,7 +363,7 @@ _webhookd() {
             return 0
             ;;
         webhookd__subcmd__inspect)
-            opts="-h --data-dir --help"
+            opts="-q -h --data-dir --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

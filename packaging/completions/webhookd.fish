@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_webhookd_global_optspecs
-    string join \n data-dir= listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= tls-cert= tls-key= admin-token-file= access-log log-format= queue-depth= admin-listen= deliver-to= deliver-timeout= deliver-concurrency= retry-schedule= deliver-signing-secret-file= deliver-ca-file= deliver-client-cert= deliver-client-key= h/help V/version
+    string join \n data-dir= q/quiet listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= tls-cert= tls-key= admin-token-file= access-log log-format= queue-depth= admin-listen= deliver-to= deliver-timeout= deliver-concurrency= retry-schedule= deliver-signing-secret-file= deliver-ca-file= deliver-client-cert= deliver-client-key= h/help V/version
 end
 
 function __fish_webhookd_needs_command
@@ -56,6 +56,7 @@ complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-signing-secre
 complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-ca-file -d 'With an https:// --deliver-to: PEM certificates to trust instead of the system\'s roots' -r -F
 complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-client-cert -d 'With an https:// --deliver-to: PEM client certificate chain for mutual TLS; needs --deliver-client-key' -r -F
 complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-client-key -d 'With an https:// --deliver-to: PEM private key of --deliver-client-cert' -r -F
+complete -c webhookd -n "__fish_webhookd_needs_command" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_needs_command" -l access-log -d 'Log one line per request (method, path, status, latency, transaction id; never payloads or signatures)'
 complete -c webhookd -n "__fish_webhookd_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c webhookd -n "__fish_webhookd_needs_command" -s V -l version -d 'Print version'
@@ -66,15 +67,20 @@ complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "backup" -d 'Write
 complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "check-map" -d 'Print the transaction SAMPLE would become under the payload map FILE, or the answer that would refuse it (no data dir or daemon needed); exit 1 if it would be refused, 2 if FILE does not load'
 complete -c webhookd -n "__fish_webhookd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand inspect" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand inspect" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand inspect" -s h -l help -d 'Print help'
 complete -c webhookd -n "__fish_webhookd_using_subcommand export" -l format -d 'Output format' -r -f -a "jsonl\t'JSON lines'"
 complete -c webhookd -n "__fish_webhookd_using_subcommand export" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand export" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand export" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c webhookd -n "__fish_webhookd_using_subcommand check" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand check" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand check" -s h -l help -d 'Print help'
 complete -c webhookd -n "__fish_webhookd_using_subcommand backup" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand backup" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand backup" -s h -l help -d 'Print help'
 complete -c webhookd -n "__fish_webhookd_using_subcommand check-map" -l data-dir -d 'Directory of the embedded database; created if missing' -r -F
+complete -c webhookd -n "__fish_webhookd_using_subcommand check-map" -s q -l quiet -d 'No progress bars: `export`, `check`, `backup` and a migration at start draw one on stderr when it is a terminal (never otherwise)'
 complete -c webhookd -n "__fish_webhookd_using_subcommand check-map" -s h -l help -d 'Print help'
 complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup check-map help" -f -a "inspect" -d 'Print one stored transaction as JSON, as `GET /v1/transactions/{id}` shows it'
 complete -c webhookd -n "__fish_webhookd_using_subcommand help; and not __fish_seen_subcommand_from inspect export check backup check-map help" -f -a "export" -d 'Write every stored transaction to stdout, one JSON object per line, in arrival order'

@@ -59,7 +59,8 @@
 //! without a restart, with reads served from a read-only view meanwhile
 //! ([`reopen`]), and what a failed commit may have left is taken back
 //! ([`unacknowledged`]). A file of an older schema is migrated when opened
-//! ([`migrate`]).
+//! ([`migrate`]). Long operations (a migration, a whole-log walk) report how
+//! far they are through [`progress`], never to a terminal themselves.
 
 pub mod attempts;
 pub mod backend;
@@ -71,6 +72,7 @@ pub mod migrate;
 mod open;
 pub mod overlay;
 pub mod payloads;
+pub mod progress;
 mod read;
 pub mod redeliveries;
 pub mod reopen;
@@ -82,6 +84,7 @@ pub mod writer;
 
 pub use backend::{Access, FileOpener, StorageOpener};
 pub use check::CheckReport;
+pub use progress::{NoProgress, Progress};
 pub use read::BACKLOG_COUNT_CAP;
 pub use schema::{
     IDS_INDEXED_UPTO_KEY, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY,

@@ -16,7 +16,7 @@ use super::schema::{
 };
 use super::tail::LogTail;
 use super::unacknowledged::Unacknowledged;
-use super::{DB_FILE_NAME, FileOpener, OpenError, Shared, Store};
+use super::{DB_FILE_NAME, FileOpener, NoProgress, OpenError, Progress, Shared, Store};
 
 impl Store {
     /// Opens (creating if needed) the database in `data_dir`, checks its
@@ -25,13 +25,18 @@ impl Store {
     /// A file written by a newer webhookd is refused before anything is
     /// written to it: the version is first read through a read-only open.
     pub fn open(data_dir: &Path) -> Result<Store, OpenError> {
-        Store::open_with(data_dir, &FileOpener)
+        Store::open_with(data_dir, &FileOpener, &NoProgress)
     }
 
     /// [`Store::open`] on storage that `opener` opens: the read-only schema
     /// check, then one read-write storage kept for the store's lifetime
-    /// (every reopen after a storage error uses it again).
-    pub fn open_with(data_dir: &Path, opener: &dyn StorageOpener) -> Result<Store, OpenError> {
+    /// (every reopen after a storage error uses it again). A migration
+    /// reports its stages to `progress`.
+    pub fn open_with(
+        data_dir: &Path,
+        opener: &dyn StorageOpener,
+        progress: &dyn Progress,
+    ) -> Result<Store, OpenError> {
         use std::os::unix::fs::DirBuilderExt as _;
         // Created for its owner only, whatever the umask; an existing
         // directory keeps the mode it has.
@@ -92,7 +97,7 @@ impl Store {
                 source,
             },
         })?;
-        migrate::to_current(&db, found, &id_hasher).map_err(|e| match e {
+        migrate::to_current(&db, found, &id_hasher, progress).map_err(|e| match e {
             MigrationError::Storage(e) => database_error(e),
             MigrationError::Record { id, source } => OpenError::Migration {
                 path: path.clone(),

@@ -16,7 +16,7 @@ use super::schema::{
     first_log_key_at, status_key, watermark,
 };
 use super::tail::JobsPick;
-use super::{Job, ListQuery, Page, Store, StoreError, encoding};
+use super::{Job, ListQuery, Page, Progress, Store, StoreError, encoding};
 use crate::metrics::JobStats;
 use crate::model::{Record, Status};
 
@@ -160,11 +160,18 @@ impl Store {
 
     /// Visits every stored transaction in arrival order, inside one read
     /// transaction (a consistent snapshot); stops when `visit` returns false.
+    /// Reports one stage to `progress`, a step per transaction.
     pub fn for_each_transaction(
         &self,
+        progress: &dyn Progress,
         visit: impl FnMut(u64, Result<Record, encoding::DecodeError>) -> bool,
     ) -> Result<(), StoreError> {
-        for_each_in(&self.snapshot()?, visit)
+        let snapshot = self.snapshot()?;
+        let total = snapshot.table(LOG)?.len().map_err(StoreError::storage)?;
+        progress.start("reading transactions", total);
+        for_each_in(&snapshot, progress, visit)?;
+        progress.finish();
+        Ok(())
     }
 
     /// One page of transactions, newest first (by log key, which orders by
@@ -329,10 +336,12 @@ impl Store {
 /// Visits every record of a snapshot in arrival order, until `visit` says stop.
 pub(crate) fn for_each_in(
     snapshot: &Snapshot,
+    progress: &dyn Progress,
     mut visit: impl FnMut(u64, Result<Record, encoding::DecodeError>) -> bool,
 ) -> Result<(), StoreError> {
     for row in snapshot.table(LOG)?.iter().map_err(StoreError::storage)? {
         let (key, value) = row.map_err(StoreError::storage)?;
+        progress.advance(1);
         if !visit(key.value(), encoding::decode(value.value())) {
             break;
         }

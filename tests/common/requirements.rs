@@ -32,10 +32,13 @@ pub enum Need {
     OpenApiValidator,
     /// The system's root certificates (Debian's `ca-certificates`).
     SystemRoots,
+    /// `script` (util-linux; Debian's `bsdutils`), to run a command on a
+    /// pseudo-terminal.
+    Script,
 }
 
 impl Need {
-    pub const ALL: [Need; 9] = [
+    pub const ALL: [Need; 10] = [
         Need::TmpfsMount,
         Need::Setpriv,
         Need::Strace,
@@ -45,6 +48,7 @@ impl Need {
         Need::PythonClients,
         Need::OpenApiValidator,
         Need::SystemRoots,
+        Need::Script,
     ];
 
     /// The `cfg` that build.rs sets when this is missing.
@@ -59,6 +63,7 @@ impl Need {
             Need::PythonClients => "webhookd_no_python_clients",
             Need::OpenApiValidator => "webhookd_no_openapi_validator",
             Need::SystemRoots => "webhookd_no_system_roots",
+            Need::Script => "webhookd_no_script",
         }
     }
 
@@ -130,6 +135,12 @@ impl Need {
             Need::OpenApiValidator => openapi_validator().map(|_| ()).ok_or_else(|| {
                 "openapi-spec-validator is missing (tests/openapi/install.sh)".to_owned()
             }),
+            Need::Script => runs(Command::new("script").args(["-qec", "true", "/dev/null"]))
+                .then_some(())
+                .ok_or_else(|| {
+                    "script, to run a command on a pseudo-terminal, is missing (apt-get install bsdutils)"
+                        .to_owned()
+                }),
         }
     }
 }
