@@ -236,6 +236,14 @@ fn clients_that_never_read_their_answers_are_closed_within_the_write_timeout() {
         held_most >= CLIENTS / 2,
         "the attack did not hold connections ({held_most}): it proves nothing"
     );
+    // The last ones are closed too, with no request of ours in flight. Only
+    // then may the clients read: reading would let a connection still open
+    // finish its answers and then sit idle, no longer stalled.
+    poll_until(
+        write_timeout + DEADLINE,
+        "every never-reading connection closed",
+        || (open_fds(pid) <= fds_before).then_some(()),
+    );
     // Closed by the server: each client reads its buffered answers, then EOF.
     for socket in clients {
         let mut stream: TcpStream = socket.into();

@@ -28,9 +28,12 @@ fn pipelined_requests_are_answered_in_order() {
         post_request(&payload("txn_pipe_2", "2"), false),
     );
     stream.write_all(pipelined.as_bytes()).unwrap();
-    let first = common::read_response(&mut stream);
-    let second = common::read_response(&mut stream);
-    let third = common::read_response(&mut stream);
+    let mut answers = common::read_responses(&mut stream, 3).into_iter();
+    let (first, second, third) = (
+        answers.next().unwrap(),
+        answers.next().unwrap(),
+        answers.next().unwrap(),
+    );
     assert_eq!(first.json()["transaction_id"], "txn_pipe_1");
     assert_eq!(second.json()["transaction_id"], "txn_pipe_2");
     assert_eq!((first.status, second.status, third.status), (202, 202, 200));

@@ -273,7 +273,20 @@ fn bad_response(what: String) -> std::io::Error {
 
 /// [`read_response`] with failures as `Err`.
 pub fn try_read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
+    read_one(&mut BufReader::new(stream))
+}
+
+/// Reads `count` responses that follow each other on `stream` (answers to
+/// pipelined requests) through one buffer, so bytes of a later answer that
+/// arrive with an earlier one are not lost.
+pub fn read_responses(stream: &mut TcpStream, count: usize) -> Vec<Response> {
     let mut reader = BufReader::new(stream);
+    (0..count)
+        .map(|i| read_one(&mut reader).unwrap_or_else(|e| panic!("reading response {i}: {e}")))
+        .collect()
+}
+
+fn read_one(reader: &mut BufReader<&mut TcpStream>) -> std::io::Result<Response> {
     let mut status_line = String::new();
     if reader.read_line(&mut status_line)? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
