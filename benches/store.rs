@@ -123,7 +123,11 @@ fn floors(c: &mut Criterion) {
         });
     });
     let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
-    let db = redb::Database::create(dir.path().join("floor.redb")).expect("redb");
+    // The page cache webhookd gives redb.
+    let db = redb::Database::builder()
+        .set_cache_size(webhookd::store::CACHE_BYTES)
+        .create(dir.path().join("floor.redb"))
+        .expect("redb");
     let value = [7_u8; 200];
     let mut key = 0_u64;
     group.bench_function("redb_one_insert_durable_commit", |b| {

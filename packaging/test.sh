@@ -7,7 +7,11 @@
 #     only the warnings explained below);
 #  3. installs it with dpkg -i: service user, unit (systemd-analyze verify
 #     and security), enablement, conffile, and where systemd is not running
-#     dpkg's output saying the service was not started;
+#     dpkg's output saying the service was not started; Type=notify and
+#     WatchdogSec=, the example socket unit (systemd-analyze verify; not
+#     enabled), the installed binary under systemd-socket-activate; shell
+#     completions (bash sources its file) and the Grafana dashboard in their
+#     places;
 #  4. starts /usr/bin/webhookd the way the unit does (its ExecStart, the
 #     env file's settings, as its User/Group with its UMask, data in its
 #     StateDirectory) under strace; runs health, POST, GET and processing;
@@ -141,11 +145,20 @@ cat >"$work/deb.expected" <<'EOF'
 /usr/bin/webhookd
 /usr/lib/systemd/system/webhookd.service
 /usr/lib/sysusers.d/webhookd.conf
+/usr/share/bash-completion/completions/webhookd
 /usr/share/doc/webhookd/README.md
 /usr/share/doc/webhookd/changelog.Debian.gz
 /usr/share/doc/webhookd/copyright
+/usr/share/doc/webhookd/examples/razorpay-payment.captured.json
+/usr/share/doc/webhookd/examples/razorpay.toml
+/usr/share/doc/webhookd/examples/stripe-payment_intent.succeeded.json
+/usr/share/doc/webhookd/examples/stripe.toml
+/usr/share/doc/webhookd/examples/webhookd.socket
+/usr/share/doc/webhookd/grafana/webhookd-dashboard.json
 /usr/share/doc/webhookd/webhookd.env
+/usr/share/fish/vendor_completions.d/webhookd.fish
 /usr/share/man/man8/webhookd.8.gz
+/usr/share/zsh/vendor-completions/_webhookd
 EOF
 diff -u "$work/deb.expected" "$work/deb.files" || fail ".deb does not hold exactly the expected files (diff above)"
 mkdir "$work/deb"
@@ -203,17 +216,29 @@ cat >"$work/rpm.expected" <<'EOF'
 /usr/bin/webhookd
 /usr/lib/systemd/system/webhookd.service
 /usr/lib/sysusers.d/webhookd.conf
+/usr/share/bash-completion/completions/webhookd
 /usr/share/doc/webhookd/README.md
 /usr/share/doc/webhookd/changelog
+/usr/share/doc/webhookd/examples/razorpay-payment.captured.json
+/usr/share/doc/webhookd/examples/razorpay.toml
+/usr/share/doc/webhookd/examples/stripe-payment_intent.succeeded.json
+/usr/share/doc/webhookd/examples/stripe.toml
+/usr/share/doc/webhookd/examples/webhookd.socket
+/usr/share/doc/webhookd/grafana/webhookd-dashboard.json
 /usr/share/doc/webhookd/webhookd.env
+/usr/share/fish/vendor_completions.d/webhookd.fish
 /usr/share/licenses/webhookd/LICENSE
 /usr/share/man/man8/webhookd.8.gz
+/usr/share/zsh/site-functions/_webhookd
 EOF
 diff -u "$work/rpm.expected" "$work/rpm.files" || fail ".rpm does not hold exactly the expected files (diff above)"
 # Same files as the .deb, apart from each format's own places: the env file
-# (/etc/default vs /etc/sysconfig), and the copyright and changelog (Debian:
-# copyright + changelog.Debian.gz; RPM: /usr/share/licenses + a plain changelog).
+# (/etc/default vs /etc/sysconfig), zsh completions (Debian's
+# vendor-completions vs site-functions), and the copyright and changelog
+# (Debian: copyright + changelog.Debian.gz; RPM: /usr/share/licenses + a
+# plain changelog).
 sed -e 's|^/etc/default/webhookd$|/etc/sysconfig/webhookd|' \
+  -e 's|^/usr/share/zsh/vendor-completions/_webhookd$|/usr/share/zsh/site-functions/_webhookd|' \
   -e '\|^/usr/share/doc/webhookd/copyright$|d' -e '\|^/usr/share/doc/webhookd/changelog.Debian.gz$|d' \
   "$work/deb.files" >"$work/deb.common"
 sed -e '\|^/usr/share/licenses/webhookd/LICENSE$|d' -e '\|^/usr/share/doc/webhookd/changelog$|d' \
@@ -234,6 +259,7 @@ rpm2archive -n - <"$rpm" | tar -xf - -C "$work/rpm"
 while read -r file; do
   deb_file="$file"
   [ "$file" != /etc/sysconfig/webhookd ] || deb_file=/etc/default/webhookd
+  [ "$file" != /usr/share/zsh/site-functions/_webhookd ] || deb_file=/usr/share/zsh/vendor-completions/_webhookd
   cmp -s "$work/rpm$file" "$work/deb$deb_file" || fail "$file differs between the .rpm and the .deb"
 done <"$work/rpm.common"
 cmp -s "$work/rpm/usr/share/licenses/webhookd/LICENSE" LICENSE || fail ".rpm LICENSE differs from LICENSE"
@@ -285,6 +311,58 @@ if command -v systemd-analyze >/dev/null; then
 else
   say "systemd-analyze not available: skipping unit verification"
 fi
+
+# systemd integration: notify and watchdog in the unit; the socket unit
+# shipped as an example, verified, and not enabled by the package.
+grep -qx 'Type=notify' "$unit" && grep -qx 'NotifyAccess=main' "$unit" && grep -q '^WatchdogSec=[1-9]' "$unit" ||
+  fail "$unit lacks Type=notify, NotifyAccess=main or a WatchdogSec="
+socket_example=/usr/share/doc/webhookd/examples/webhookd.socket
+[ -f "$socket_example" ] || fail "$socket_example is not installed"
+[ ! -e /usr/lib/systemd/system/webhookd.socket ] && [ ! -e /etc/systemd/system/sockets.target.wants/webhookd.socket ] ||
+  fail "webhookd.socket is installed or enabled as a unit; socket activation must stay optional"
+if command -v systemd-analyze >/dev/null; then
+  mkdir "$work/units"
+  cp "$socket_example" "$work/units/webhookd.socket"
+  say "systemd-analyze verify webhookd.socket (with the installed webhookd.service)"
+  systemd-analyze verify "$work/units/webhookd.socket" || fail "systemd-analyze verify rejects webhookd.socket"
+fi
+# The installed binary under systemd's own socket activator: the socket is
+# bound by systemd-socket-activate, which execs webhookd on the first
+# connection with it as fd 3 (LISTEN_FDS); that connection is answered.
+if command -v systemd-socket-activate >/dev/null; then
+  activate_port="$(awk -v seed="$$" 'BEGIN { srand(seed); print 20000 + int(rand() * 20000) }')"
+  systemd-socket-activate -l "127.0.0.1:$activate_port" /usr/bin/webhookd --data-dir "$work/activated" \
+    --listen 127.0.0.1:0 >"$work/activate.log" 2>&1 &
+  activate_pid=$!
+  deadline=$((SECONDS + 10))
+  until grep -q "Listening on 127.0.0.1:$activate_port" "$work/activate.log"; do
+    kill -0 "$activate_pid" 2>/dev/null || { cat "$work/activate.log" >&2; fail "systemd-socket-activate exited"; }
+    [ "$SECONDS" -lt "$deadline" ] || { kill "$activate_pid"; fail "systemd-socket-activate did not listen within 10 s"; }
+    sleep 0.05
+  done
+  body="$(curl -sS --max-time 10 "http://127.0.0.1:$activate_port/" || true)"
+  kill -TERM "$activate_pid" 2>/dev/null || true
+  activate_rc=0
+  wait "$activate_pid" || activate_rc=$?
+  printf '%s\n' "$body" | grep -q '"status":"HEALTHY"' || { cat "$work/activate.log" >&2; fail "socket-activated webhookd answered: $body"; }
+  grep -q -- '--listen is not used' "$work/activate.log" || fail "socket-activated webhookd did not serve the passed socket"
+  [ "$activate_rc" -eq 0 ] || fail "socket-activated webhookd exited $activate_rc after SIGTERM"
+  say "socket activation: webhookd served the socket systemd-socket-activate passed, exited 0 on SIGTERM"
+else
+  say "systemd-socket-activate not available: skipping the socket activation run"
+fi
+
+# Shell completions, where bash, zsh and fish look for them.
+for file in /usr/share/bash-completion/completions/webhookd /usr/share/zsh/vendor-completions/_webhookd \
+  /usr/share/fish/vendor_completions.d/webhookd.fish; do
+  [ -f "$file" ] || fail "$file is not installed"
+done
+bash -c 'source /usr/share/bash-completion/completions/webhookd && complete -p webhookd' >/dev/null ||
+  fail "bash cannot source /usr/share/bash-completion/completions/webhookd"
+if command -v zsh >/dev/null; then zsh -n /usr/share/zsh/vendor-completions/_webhookd || fail "zsh -n rejects _webhookd"; fi
+if command -v fish >/dev/null; then fish -n /usr/share/fish/vendor_completions.d/webhookd.fish || fail "fish -n rejects webhookd.fish"; fi
+[ -s /usr/share/doc/webhookd/grafana/webhookd-dashboard.json ] || fail "the Grafana dashboard is not installed"
+say "completions for bash, zsh and fish installed (bash sources its file); Grafana dashboard in /usr/share/doc/webhookd/grafana/"
 
 # --- 4. Run it the way the unit does --------------------------------------------
 
@@ -534,6 +612,8 @@ status="$(dpkg-query -W -f='${db:Status-Status}' webhookd 2>/dev/null || true)"
 # Removed: everything the package installed, its conffile, and the
 # enablement symlinks deb-systemd-helper made.
 for gone in /usr/bin/webhookd "$unit" /usr/lib/sysusers.d/webhookd.conf /usr/share/man/man8/webhookd.8.gz \
+  /usr/share/bash-completion/completions/webhookd /usr/share/zsh/vendor-completions/_webhookd \
+  /usr/share/fish/vendor_completions.d/webhookd.fish \
   /usr/share/doc/webhookd /etc/default/webhookd "$wants" "$mask"; do
   [ ! -e "$gone" ] && [ ! -L "$gone" ] || fail "purge left $gone behind"
 done

@@ -7,16 +7,24 @@
 //! crash is repaired first, and a newer schema is refused untouched.
 //! `check` first verifies every page's checksum on an in-memory view of
 //! the file ([`crate::store::integrity`]).
+//!
+//! `export`, `check`, `backup` and a migration on open show their progress
+//! on stderr when it is a terminal ([`crate::progress_bar`]); their output
+//! is the same with or without it.
 
-use std::io::Write;
+use std::io::{IsTerminal as _, Read as _, Write};
 use std::path::{Path, PathBuf};
 
 use crate::cli::{AdminCommand, ExportFormat};
+use crate::progress_bar::TerminalProgress;
 use crate::store::integrity::{self, Pages};
-use crate::store::{DB_FILE_NAME, OpenError, Store, StoreError};
+use crate::store::{DB_FILE_NAME, FileOpener, OpenError, Progress as _, Store, StoreError};
 
 /// Most problems `check` lists before only counting them.
 const MAX_LISTED_PROBLEMS: usize = 20;
+
+/// Bytes `backup` copies between two progress reports.
+const BACKUP_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Why an admin command failed (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -49,20 +57,33 @@ pub enum AdminError {
     /// `backup` would overwrite a file.
     #[error("{0} already exists; choose a new backup path")]
     BackupExists(PathBuf),
+    /// `check-map` works on its files, not on a data dir: it has its own
+    /// entry point, [`crate::check_map::run`].
+    #[error("check-map needs no data dir; run it as `webhookd check-map FILE SAMPLE`")]
+    NotForDataDir,
 }
 
 /// Runs one admin command against `data_dir`, writing results to stdout
-/// and findings of `check` to stderr.
-pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
+/// and findings of `check` to stderr; progress goes to stderr if it is a
+/// terminal, unless `quiet`.
+pub fn run(command: &AdminCommand, data_dir: &Path, quiet: bool) -> Result<(), AdminError> {
+    if let AdminCommand::CheckMap { .. } = command {
+        return Err(AdminError::NotForDataDir);
+    }
     let file = data_dir.join(DB_FILE_NAME);
     if !file.exists() {
         return Err(AdminError::NoDatabase(data_dir.to_owned(), command.verb()));
     }
+    // `export` on a terminal shows its lines there: a bar drawn between
+    // them would tear them.
+    let exports_to_terminal =
+        matches!(command, AdminCommand::Export { .. }) && std::io::stdout().is_terminal();
+    let progress = TerminalProgress::on_stderr(quiet || exports_to_terminal);
     if let AdminCommand::Backup { dest } = command {
         // Opening repairs a file left by a crash and refuses one in use;
         // closing again leaves the file clean, so the copy needs no repair.
-        drop(Store::open(data_dir)?);
-        return backup(&file, dest, data_dir);
+        drop(Store::open_with(data_dir, &FileOpener, &progress)?);
+        return backup(&file, dest, data_dir, &progress);
     }
     if matches!(command, AdminCommand::Check)
         && let Pages::Damaged(found) = integrity::verify_pages(data_dir)?
@@ -71,7 +92,7 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
         eprintln!("webhookd check: pages fail their checksums: {found}");
         return Err(AdminError::Damaged(1));
     }
-    let store = Store::open(data_dir)?;
+    let store = Store::open_with(data_dir, &FileOpener, &progress)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let io = |what: &str| {
@@ -92,7 +113,7 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
         } => {
             let mut failure = None;
             let mut undecodable = 0;
-            store.for_each_transaction(|key, record| match record {
+            store.for_each_transaction(&progress, |key, record| match record {
                 Ok(record) => match out
                     .write_all(&crate::view::transaction_json(&record))
                     .and_then(|()| out.write_all(b"\n"))
@@ -104,7 +125,9 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
                     }
                 },
                 Err(e) => {
-                    eprintln!("webhookd: cannot decode the record at log key {key}: {e}");
+                    progress.suspend(|| {
+                        eprintln!("webhookd: cannot decode the record at log key {key}: {e}");
+                    });
                     undecodable += 1;
                     true
                 }
@@ -116,8 +139,10 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
                 return Err(AdminError::Damaged(undecodable));
             }
         }
-        AdminCommand::Check => check(&store, &mut out)?,
-        AdminCommand::Backup { .. } => unreachable!("handled above"),
+        AdminCommand::Check => check(&store, &progress, &mut out)?,
+        AdminCommand::Backup { .. } | AdminCommand::CheckMap { .. } => {
+            unreachable!("handled above")
+        }
     }
     out.flush().map_err(io("stdout"))?;
     Ok(())
@@ -125,17 +150,31 @@ pub fn run(command: &AdminCommand, data_dir: &Path) -> Result<(), AdminError> {
 
 /// Prints what [`Store::check`] found: the problems (the first
 /// [`MAX_LISTED_PROBLEMS`]) to stderr, or the summary to `out`.
-fn check(store: &Store, out: &mut impl Write) -> Result<(), AdminError> {
-    let report = store.check()?;
+fn check(
+    store: &Store,
+    progress: &TerminalProgress,
+    out: &mut impl Write,
+) -> Result<(), AdminError> {
+    let report = store.check(progress)?;
     for problem in report.problems.iter().take(MAX_LISTED_PROBLEMS) {
         eprintln!("webhookd check: {problem}");
     }
     if !report.problems.is_empty() {
         return Err(AdminError::Damaged(report.problems.len()));
     }
+    // The count of original bodies only where some are kept (`--payload-map`),
+    // and FAILED ones only where there are some (they exist only with delivery).
+    let originals = match report.original_bodies {
+        0 => String::new(),
+        n => format!(", {n} original bodies"),
+    };
+    let failed = match report.failed {
+        0 => String::new(),
+        n => format!(", {n} failed"),
+    };
     writeln!(
         out,
-        "ok: {} transactions ({} processing, {} processed), {} pending jobs",
+        "ok: {} transactions ({} processing, {} processed{failed}), {} pending jobs{originals}",
         report.transactions, report.processing, report.processed, report.pending_jobs
     )
     .map_err(|source| AdminError::Io {
@@ -146,8 +185,13 @@ fn check(store: &Store, out: &mut impl Write) -> Result<(), AdminError> {
 
 /// Copies the closed database file under an exclusive lock on it (the
 /// same flock redb takes, so no webhookd can start and write meanwhile);
-/// the copy is fsync'd.
-fn backup(file: &Path, dest: &Path, data_dir: &Path) -> Result<(), AdminError> {
+/// the copy is fsync'd. Progress is counted in bytes of the file.
+fn backup(
+    file: &Path,
+    dest: &Path,
+    data_dir: &Path,
+    progress: &TerminalProgress,
+) -> Result<(), AdminError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |what: String| move |source| AdminError::Io { what, source };
     let mut source = std::fs::File::open(file).map_err(io(file.display().to_string()))?;
@@ -169,9 +213,24 @@ fn backup(file: &Path, dest: &Path, data_dir: &Path) -> Result<(), AdminError> {
                 io(dest.display().to_string())(e)
             }
         })?;
-    let bytes = std::io::copy(&mut source, &mut target)
-        .and_then(|n| target.sync_all().map(|()| n))
-        .map_err(io(dest.display().to_string()))?;
+    let size = source
+        .metadata()
+        .map_err(io(file.display().to_string()))?
+        .len();
+    progress.start_bytes("copying the database", size);
+    let mut bytes = 0;
+    loop {
+        // A `Take` of the file keeps `io::copy`'s in-kernel copy.
+        let copied = std::io::copy(&mut (&mut source).take(BACKUP_CHUNK_BYTES), &mut target)
+            .map_err(io(dest.display().to_string()))?;
+        if copied == 0 {
+            break;
+        }
+        bytes += copied;
+        progress.advance(copied);
+    }
+    target.sync_all().map_err(io(dest.display().to_string()))?;
+    progress.finish();
     println!(
         "backup of {} written to {} ({bytes} bytes)",
         file.display(),

@@ -31,6 +31,11 @@ pub struct Config {
     )]
     pub data_dir: PathBuf,
 
+    /// No progress bars: `export`, `check`, `backup` and a migration at
+    /// start draw one on stderr when it is a terminal (never otherwise).
+    #[arg(short, long, env = "WEBHOOKD_QUIET", global = true)]
+    pub quiet: bool,
+
     /// Without a command, run the daemon. The commands work on the data dir
     /// of a stopped daemon.
     #[command(subcommand)]
@@ -160,6 +165,31 @@ pub struct Config {
     #[arg(long, env = "WEBHOOKD_SIGNATURE_HEADER", value_name = "NAME")]
     pub signature_header: Option<String>,
 
+    /// Map each webhook body onto a transaction with this TOML file: where
+    /// the body holds each field (JSON pointers), minor or major units, which
+    /// events to take (e.g. Stripe's or Razorpay's; see
+    /// /usr/share/doc/webhookd/examples). The body is kept with its
+    /// transaction. Without it, bodies must be webhookd's own shape.
+    #[arg(long, env = "WEBHOOKD_PAYLOAD_MAP", value_name = "FILE")]
+    pub payload_map: Option<PathBuf>,
+    /// Serve HTTPS (TLS 1.2 and 1.3; HTTP/2 and HTTP/1.1) on --listen with
+    /// this PEM certificate chain, the server's certificate first. Given
+    /// with --tls-key, never without; SIGHUP reloads both.
+    #[arg(long, env = "WEBHOOKD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert's first certificate (PKCS#8,
+    /// PKCS#1 RSA or SEC1 EC). Given with --tls-cert, never without.
+    #[arg(long, env = "WEBHOOKD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// File with the admin token, one per line (any listed token is
+    /// accepted; blank lines and # comments ignored). Admin routes (all but
+    /// GET / and the webhook POST) then need `Authorization: Bearer
+    /// <token>`, else 401. SIGHUP reloads it.
+    #[arg(long, env = "WEBHOOKD_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Log one line per request (method, path, status, latency,
     /// transaction id; never payloads or signatures).
     #[arg(long, env = "WEBHOOKD_ACCESS_LOG")]
@@ -184,9 +214,86 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..=MAX_QUEUE_DEPTH)
     )]
     pub queue_depth: u64,
+
+    /// A second socket for the admin routes (reads by id, listing, metrics,
+    /// attempts, redelivery); --listen then serves only `GET /` and webhooks.
+    #[arg(long, env = "WEBHOOKD_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Deliver each transaction once due with a POST to this `http://` or
+    /// `https://` URL; it is PROCESSED only after a 2xx answer (off when not set).
+    #[arg(
+        long,
+        env = "WEBHOOKD_DELIVER_TO",
+        value_name = "URL",
+        value_parser = parse_deliver_url
+    )]
+    pub deliver_to: Option<hyper::Uri>,
+
+    /// With --deliver-to: how long one attempt may take, from connecting to
+    /// the end of the answer.
+    #[arg(
+        long,
+        env = "WEBHOOKD_DELIVER_TIMEOUT",
+        default_value = "15s",
+        value_name = "DURATION",
+        value_parser = parse_positive_duration
+    )]
+    pub deliver_timeout: Duration,
+
+    /// With --deliver-to: most delivery attempts in flight at once.
+    #[arg(
+        long,
+        env = "WEBHOOKD_DELIVER_CONCURRENCY",
+        default_value_t = 32,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=MAX_DELIVER_CONCURRENCY)
+    )]
+    pub deliver_concurrency: u64,
+
+    /// With --deliver-to: the wait before each attempt, comma-separated; the
+    /// first counts from the due time, each later one from the end of the
+    /// attempt before; as many attempts as entries, then FAILED. Non-zero
+    /// waits get ±20% jitter.
+    #[arg(
+        long,
+        env = "WEBHOOKD_RETRY_SCHEDULE",
+        default_value = crate::retry::DEFAULT_SCHEDULE,
+        value_name = "LIST",
+        value_parser = parse_retry_schedule
+    )]
+    pub retry_schedule: crate::retry::RetrySchedule,
+
+    /// With --deliver-to: file of `whsec_…` secrets, one a line; every
+    /// delivery is signed (Standard Webhooks) with each of them.
+    #[arg(
+        long,
+        env = "WEBHOOKD_DELIVER_SIGNING_SECRET_FILE",
+        value_name = "FILE"
+    )]
+    pub deliver_signing_secret_file: Option<PathBuf>,
+
+    /// With an https:// --deliver-to: PEM certificates to trust instead of
+    /// the system's roots.
+    #[arg(long, env = "WEBHOOKD_DELIVER_CA_FILE", value_name = "FILE")]
+    pub deliver_ca_file: Option<PathBuf>,
+
+    /// With an https:// --deliver-to: PEM client certificate chain for
+    /// mutual TLS; needs --deliver-client-key.
+    #[arg(long, env = "WEBHOOKD_DELIVER_CLIENT_CERT", value_name = "FILE")]
+    pub deliver_client_cert: Option<PathBuf>,
+
+    /// With an https:// --deliver-to: PEM private key of
+    /// --deliver-client-cert.
+    #[arg(long, env = "WEBHOOKD_DELIVER_CLIENT_KEY", value_name = "FILE")]
+    pub deliver_client_key: Option<PathBuf>,
 }
 
-/// Admin commands, for the data dir of a stopped daemon.
+/// Largest accepted `--deliver-concurrency`.
+pub const MAX_DELIVER_CONCURRENCY: u64 = 4096;
+
+/// Admin commands, for the data dir of a stopped daemon (`check-map`
+/// needs none).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum AdminCommand {
     /// Print one stored transaction as JSON, as `GET /v1/transactions/{id}` shows it.
@@ -210,6 +317,15 @@ pub enum AdminCommand {
         /// Where to write the copy; must not exist yet.
         dest: PathBuf,
     },
+    /// Print the transaction SAMPLE would become under the payload map FILE,
+    /// or the answer that would refuse it (no data dir or daemon needed);
+    /// exit 1 if it would be refused, 2 if FILE does not load.
+    CheckMap {
+        /// The payload map (TOML).
+        map: PathBuf,
+        /// A webhook body, as the provider sends it.
+        sample: PathBuf,
+    },
 }
 
 impl AdminCommand {
@@ -221,6 +337,7 @@ impl AdminCommand {
             AdminCommand::Export { .. } => "export",
             AdminCommand::Check => "check",
             AdminCommand::Backup { .. } => "back up",
+            AdminCommand::CheckMap { .. } => "check a payload map",
         }
     }
 }
@@ -243,6 +360,28 @@ pub enum LogFormat {
 
 fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
+}
+
+fn parse_retry_schedule(text: &str) -> Result<crate::retry::RetrySchedule, String> {
+    text.parse()
+        .map_err(|e: crate::retry::ScheduleError| e.to_string())
+}
+
+/// An absolute `http://` or `https://` URL with a host.
+fn parse_deliver_url(text: &str) -> Result<hyper::Uri, String> {
+    let uri: hyper::Uri = text.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(format!("scheme {other}:// is not http:// or https://")),
+        None => return Err("needs http:// or https://".to_owned()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host".to_owned());
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("must not carry a user or password".to_owned());
+    }
+    Ok(uri)
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -374,14 +513,59 @@ fn check_needed_options(matches: &ArgMatches) -> Result<(), clap::Error> {
             .value_source(id)
             .is_some_and(|source| source != ValueSource::DefaultValue)
     };
-    if given("dedup_window") && !given("retention") {
-        return Err(clap::Error::raw(
+    let refuse = |message: String| {
+        Err(clap::Error::raw(
             clap::error::ErrorKind::MissingRequiredArgument,
-            "--dedup-window is set without --retention: the window keeps the ids of transactions that retention purges; set both, or neither\n",
-        ));
+            format!("{message}\n"),
+        ))
+    };
+    if given("dedup_window") && !given("retention") {
+        return refuse("--dedup-window is set without --retention: the window keeps the ids of transactions that retention purges; set both, or neither".to_owned());
     }
-    Ok(())
+    if !given("deliver_to") {
+        for (id, flag) in DELIVERY_OPTIONS {
+            if given(id) {
+                return refuse(format!(
+                    "{flag} is set without --deliver-to: it configures delivery; set --deliver-to, or leave {flag} unset"
+                ));
+            }
+        }
+    }
+    match (given("deliver_client_cert"), given("deliver_client_key")) {
+        (true, false) => {
+            return refuse(
+                "--deliver-client-cert needs --deliver-client-key (the certificate's private key)"
+                    .to_owned(),
+            );
+        }
+        (false, true) => {
+            return refuse(
+                "--deliver-client-key needs --deliver-client-cert (the certificate it belongs to)"
+                    .to_owned(),
+            );
+        }
+        _ => {}
+    }
+    match (given("tls_cert"), given("tls_key")) {
+        (true, false) => refuse("--tls-cert is set without --tls-key: HTTPS needs the certificate chain and its private key; set both, or neither".to_owned()),
+        (false, true) => refuse("--tls-key is set without --tls-cert: HTTPS needs the certificate chain and its private key; set both, or neither".to_owned()),
+        _ => Ok(()),
+    }
 }
+
+/// The options that only mean something with `--deliver-to`: (clap id, flag).
+const DELIVERY_OPTIONS: [(&str, &str); 7] = [
+    ("deliver_timeout", "--deliver-timeout"),
+    ("deliver_concurrency", "--deliver-concurrency"),
+    ("retry_schedule", "--retry-schedule"),
+    (
+        "deliver_signing_secret_file",
+        "--deliver-signing-secret-file",
+    ),
+    ("deliver_ca_file", "--deliver-ca-file"),
+    ("deliver_client_cert", "--deliver-client-cert"),
+    ("deliver_client_key", "--deliver-client-key"),
+];
 
 /// Sends `tracing` events to stderr in the chosen format. Colours only when
 /// stderr is a terminal.

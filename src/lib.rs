@@ -2,10 +2,18 @@
 //!
 //! - [`cli`]: command line, environment variables, logging set-up;
 //! - [`clock`]: the wall clock in milliseconds, the unit of every stored time;
+//! - [`currency`]: ISO 4217 minor units, for amounts sent in minor units;
 //! - [`admin`]: `inspect`, `export`, `check`, `backup` on a stopped daemon's data dir;
+//! - [`check_map`]: `check-map`, a sample body through a payload map, offline;
+//! - [`delivery`]: `--deliver-to`: the dispatcher, its HTTP client, the
+//!   breaker and the bulk redelivery worker;
+//! - [`retry`]: the retry schedule of delivery attempts;
 //! - [`http`]: the hyper server, routing, body limits, the JSON API and its errors;
 //! - [`metrics`]: counters, histograms and gauges for `GET /metrics`;
 //! - [`model`]: the transaction record, payload parsing and validation, exact amounts;
+//! - [`payload_map`]: `--payload-map`, a provider's body mapped onto a transaction;
+//! - [`progress_bar`]: progress of the long admin commands and of a migration
+//!   at start, as a bar on a terminal's stderr;
 //! - [`store`]: the redb file (tables, the log and its tail, merges,
 //!   migrations, recovery after storage faults; the design is in its doc)
 //!   and the single group-committing writer ([`store::writer`]), the
@@ -13,31 +21,54 @@
 //! - [`scheduler`]: fires due jobs, in due order, from the store;
 //! - [`retention`]: `--retention`, deletes old PROCESSED transactions;
 //! - [`signature`]: optional webhook signature verification;
-//! - [`shutdown`]: SIGTERM/SIGINT handling;
+//! - [`tls`]: the rustls crypto provider, HTTPS certificates and keys;
+//! - [`admin_token`]: the bearer token of the admin routes;
+//! - [`secret_files`]: reading key and token files, warnings about their modes;
+//! - [`reload`]: SIGHUP reloads of the certificate, key and admin token;
+//! - [`shutdown`]: SIGTERM/SIGINT/SIGHUP handling;
+//! - [`systemd`]: readiness, status, watchdog and socket activation under systemd;
+//! - [`heartbeat`]: the progress marks the watchdog reads from the writer and scheduler;
 //! - [`view`]: how a transaction and a time are shown (API, `inspect`, `export`, logs).
 //!
-//! Each depends only on those below it: `http` on `store`, `metrics` and
-//! `model`; `store` on `metrics`, `model` and `clock`; `cli` and `model`
-//! on none of them.
+//! Each depends only on those below it: `http` on `store`, `metrics`,
+//! `payload_map`, `model` and `admin_token`; `store` on `metrics`, `model`
+//! and `clock`; `payload_map` on `currency` and `model`; `reload` on `tls`
+//! and `admin_token`, which use `secret_files`; `cli` and `model` on none
+//! of them.
 //!
 //! [`run`] wires them together and shuts them down in order: stop accepting
-//! → drain requests → stop the scheduler → flush and stop the writer.
+//! → drain requests → stop the scheduler → let delivery attempts finish
+//! within the grace → stop retention → flush and stop the writer.
 //! [`run_with`] does the same on storage and with a shutdown trigger chosen
 //! by the caller, so tests can run the real server in-process.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_token;
+pub mod check_map;
 pub mod cli;
 pub mod clock;
+pub mod currency;
+pub mod delivery;
+pub mod heartbeat;
 pub mod http;
 pub mod metrics;
 pub mod model;
+mod parts;
+pub mod payload_map;
+pub mod progress_bar;
+pub mod reload;
 pub mod retention;
+pub mod retry;
 pub mod scheduler;
+pub mod secret_files;
 pub mod shutdown;
 pub mod signature;
+mod startup;
 pub mod store;
+pub mod systemd;
+pub mod tls;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -46,11 +77,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::Config;
-use crate::retention::Retention;
-use crate::scheduler::Scheduler;
-use crate::shutdown::ShutdownSignals;
-use crate::store::writer::{self, WriterHandle, WriterThread};
-use crate::store::{FileOpener, OpenError, StorageOpener, Store};
+use crate::parts::Parts;
+use crate::startup::{Ready, Settings, Sockets};
+use crate::store::writer;
+use crate::store::{FileOpener, OpenError, StorageOpener};
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +92,18 @@ pub enum Error {
     /// The signature verification settings are unusable.
     #[error(transparent)]
     Signature(#[from] signature::ConfigError),
+    /// The delivery settings are unusable.
+    #[error(transparent)]
+    Delivery(#[from] delivery::ConfigError),
+    /// The `--payload-map` file cannot be used.
+    #[error(transparent)]
+    PayloadMap(#[from] payload_map::LoadError),
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The admin token file is unusable.
+    #[error(transparent)]
+    AdminToken(#[from] admin_token::TokenError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -83,6 +125,9 @@ pub enum Error {
     /// The store writer could not start.
     #[error(transparent)]
     Writer(#[from] writer::SpawnError),
+    /// The socket systemd passed cannot be served.
+    #[error(transparent)]
+    Activation(#[from] systemd::ActivationError),
     /// The store writer thread panicked; acknowledged data is still on disk.
     #[error("the store writer thread panicked")]
     WriterPanicked,
@@ -96,7 +141,12 @@ impl Error {
     #[must_use]
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Signature(_) => cli::USAGE_EXIT_CODE,
+            Error::Signature(_)
+            | Error::Delivery(_)
+            | Error::Activation(_)
+            | Error::PayloadMap(_)
+            | Error::Tls(_)
+            | Error::AdminToken(_) => cli::USAGE_EXIT_CODE,
             Error::Open(_)
             | Error::Listen { .. }
             | Error::Start { .. }
@@ -106,7 +156,7 @@ impl Error {
     }
 }
 
-fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Start { what, source }
 }
 
@@ -114,7 +164,7 @@ fn start_error(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A future that completes when the daemon should shut down.
-type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What [`run_with`] lets its caller choose; the default is what [`run`] does.
 pub struct RunOptions {
@@ -149,28 +199,6 @@ impl RunOptions {
     }
 }
 
-/// What ends [`run_with`]: the caller's trigger, or else SIGTERM/SIGINT
-/// through the signal handlers installed here (returned to be closed).
-fn shutdown_trigger(trigger: Option<Trigger>) -> Result<(Option<ShutdownSignals>, Trigger), Error> {
-    if let Some(trigger) = trigger {
-        return Ok((None, trigger));
-    }
-    let signals = ShutdownSignals::install().map_err(start_error("signal handlers"))?;
-    let requested = Box::pin(signals.requested());
-    Ok((Some(signals), requested))
-}
-
-/// One warning at start when the port is reachable from other hosts and
-/// nothing checks who posts to it.
-fn warn_if_open_to_others(listen: SocketAddr, signed: bool) {
-    if !listen.ip().to_canonical().is_loopback() && !signed {
-        tracing::warn!(
-            %listen,
-            "listening beyond this host without --signature-scheme: anyone who can reach {listen} can store webhooks and read every transaction"
-        );
-    }
-}
-
 /// Runs the daemon until SIGTERM/SIGINT, then shuts it down in order.
 ///
 /// Nothing is logged before the store is open, so a start-up failure is
@@ -186,86 +214,118 @@ pub fn run_with(
     options: RunOptions,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
-    // Checked before the store is touched: bad signature settings change nothing.
-    let verifier = signature::Verifier::from_config(
-        config.signature_scheme,
-        config.signing_secrets_file.as_deref(),
-        config.signature_header.as_deref(),
-    )?;
-    let store = Store::open_with(&config.data_dir, &*options.storage)?;
+    // Checked before the store is touched: bad settings change nothing.
+    let Settings {
+        verifier,
+        payload_map,
+        delivery,
+        secrets,
+    } = Settings::load(config)?;
+    let activated = systemd::activated_listener()?;
+    let notifier = Arc::new(systemd::Notifier::from_env());
+    let store = startup::open_store(config, &*options.storage, &notifier)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("http")
         .build()
         .map_err(start_error("async runtime"))?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(config.listen))
-        .map_err(|source| Error::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| Error::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) = startup::listen(&runtime, config.listen, activated)?;
+    let admin = config
+        .admin_listen
+        .map(|admin| startup::bind(&runtime, admin))
+        .transpose()?;
 
-    let metrics = Arc::new(metrics::Metrics::new());
-    let parts = Parts::start(config, &store, &metrics)?;
-    let (signals, shutdown) = match shutdown_trigger(options.shutdown) {
-        Ok(trigger) => trigger,
+    let metrics = Arc::new(if delivery.is_some() {
+        metrics::Metrics::with_delivery()
+    } else {
+        metrics::Metrics::new()
+    });
+    let parts = Parts::start(config, &store, &metrics, delivery.as_ref(), &runtime)?;
+    let started = startup::shutdown_trigger(options.shutdown).and_then(|trigger| {
+        Ok((
+            trigger,
+            startup::supervise(&notifier, &store, &parts, addr)?,
+        ))
+    });
+    let ((signals, shutdown), supervisor) = match started {
+        Ok(started) => started,
         Err(e) => {
             // The start-up error is the one reported.
-            let _ = parts.stop();
+            let _ = parts.stop(&runtime, tokio::time::Instant::now());
             return Err(e);
         }
     };
-
-    let pending_jobs = store.pending_jobs().unwrap_or_default();
-    warn_if_open_to_others(config.listen, verifier.is_some());
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        data_dir = %config.data_dir.display(),
-        process_delay = %humantime::format_duration(config.process_delay),
-        max_body_bytes = config.max_body_bytes,
-        queue_depth = config.queue_depth,
-        max_connections = config.max_connections,
-        signatures = config.signature_scheme.map_or("off", signature::Scheme::name),
-        access_log = config.access_log,
-        retention = %config
-            .retention
-            .map_or_else(|| "off".to_owned(), |r| humantime::format_duration(r).to_string()),
-        dedup_window = %humantime::format_duration(config.dedup_window),
-        pending_jobs,
-        "{}",
-        http::ready_line(addr)
-    );
-    on_ready(addr);
-    let limits = http::Limits {
-        max_body_bytes: config.max_body_bytes,
-        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
-        header_read_timeout: config.header_read_timeout,
-        body_read_timeout: config.body_read_timeout,
-        write_timeout: config.write_timeout,
+    let ready = Ready {
+        addr,
+        admin_addr: admin.as_ref().map(|(_, admin_addr)| *admin_addr),
+        signed: verifier.is_some(),
+        secrets: &secrets,
+        delivery: delivery.as_ref(),
     };
-    let state = Arc::new(http::AppState::new(
+    startup::log_ready(config, &ready, &store);
+    on_ready(addr);
+    let mut state = http::AppState::new(
         store,
         parts.writer.clone(),
-        limits,
+        startup::limits(config),
         verifier,
         config.access_log,
         metrics,
-    ));
-    runtime.block_on(http::serve(
-        listener,
-        state,
+    )
+    .with_payload_map(payload_map);
+    if let Some(tokens) = secrets.admin_tokens {
+        state = state.with_admin_tokens(tokens);
+    }
+    if let Some(delivering) = &parts.delivery {
+        state = state.with_delivery(http::DeliveryApi {
+            status: delivering.status.clone(),
+            redeliveries: delivering.redeliveries.waker(),
+        });
+    }
+    let reloads = signals
+        .as_ref()
+        .map(|signals| runtime.spawn(reload::run(secrets.reloader, signals.reloads())));
+    let state = Arc::new(state);
+    let sockets = Sockets {
+        public: listener,
+        tls: secrets.tls,
+        admin: admin.map(|(admin, _)| admin),
+    };
+    let triggered_at = startup::serve_all(
+        &runtime,
+        sockets,
+        &state,
         shutdown,
+        &notifier,
         config.shutdown_grace,
-    ));
+    );
+    drop(state);
+    if let Some(reloads) = reloads {
+        reloads.abort();
+        let _ = runtime.block_on(reloads);
+    }
+    if let Some(supervisor) = supervisor {
+        supervisor.stop();
+    }
+    stop(
+        runtime,
+        parts,
+        signals,
+        triggered_at + config.shutdown_grace,
+    )
+}
 
-    // Every connection has ended, so the scheduler and retention hold the
-    // last writer handles; once they stop, the writer drains its queue and
-    // exits.
-    let stopped = parts.stop();
+/// Once every connection has ended, the scheduler, the dispatcher and
+/// retention hold the last writer handles; once they stop, the writer
+/// drains its queue and exits. Delivery attempts in flight get until
+/// `deadline`: the same grace as requests, counted from the shutdown signal.
+fn stop(
+    runtime: tokio::runtime::Runtime,
+    parts: Parts,
+    signals: Option<shutdown::ShutdownSignals>,
+    deadline: tokio::time::Instant,
+) -> Result<(), Error> {
+    let stopped = parts.stop(&runtime, deadline);
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     if let Some(signals) = signals {
         signals.close();
@@ -273,78 +333,4 @@ pub fn run_with(
     stopped?;
     tracing::info!("stopped; every acknowledged transaction is on disk");
     Ok(())
-}
-
-/// The threads behind the server: the writer, and those that send it work.
-struct Parts {
-    writer: WriterHandle,
-    writer_thread: WriterThread,
-    scheduler: Scheduler,
-    retention: Option<Retention>,
-}
-
-impl Parts {
-    /// Starts the writer, the scheduler and (with `--retention`) retention.
-    /// If one cannot start, those already started are stopped in order.
-    fn start(
-        config: &Config,
-        store: &Store,
-        metrics: &Arc<metrics::Metrics>,
-    ) -> Result<Parts, Error> {
-        let (waker, nudged) = scheduler::waker();
-        let (writer, writer_thread) = writer::spawn(
-            store.clone(),
-            config.process_delay,
-            usize::try_from(config.queue_depth).unwrap_or(usize::MAX),
-            Arc::clone(metrics),
-            {
-                let waker = waker.clone();
-                move |due| waker.new_job_due(due)
-            },
-        )?;
-        let scheduler = match Scheduler::start(store.clone(), writer.clone(), waker, nudged) {
-            Ok(scheduler) => scheduler,
-            Err(source) => {
-                drop(writer);
-                let _ = writer_thread.join();
-                return Err(Error::Start {
-                    what: "scheduler",
-                    source,
-                });
-            }
-        };
-        let retention = match config
-            .retention
-            .map(|age| Retention::start(writer.clone(), age, config.dedup_window))
-            .transpose()
-        {
-            Ok(retention) => retention,
-            Err(source) => {
-                drop(writer);
-                scheduler.stop();
-                let _ = writer_thread.join();
-                return Err(Error::Start {
-                    what: "retention",
-                    source,
-                });
-            }
-        };
-        Ok(Parts {
-            writer,
-            writer_thread,
-            scheduler,
-            retention,
-        })
-    }
-
-    /// Stops the threads that hold writer handles, then waits for the
-    /// writer to drain its queue and exit.
-    fn stop(self) -> Result<(), Error> {
-        drop(self.writer);
-        self.scheduler.stop();
-        if let Some(retention) = self.retention {
-            retention.stop();
-        }
-        self.writer_thread.join().map_err(|_| Error::WriterPanicked)
-    }
 }

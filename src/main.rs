@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use webhookd::cli::{self, FAILURE_EXIT_CODE, Parsed, USAGE_EXIT_CODE};
+use webhookd::cli::{self, AdminCommand, FAILURE_EXIT_CODE, Parsed, USAGE_EXIT_CODE};
 
 fn main() -> ExitCode {
     let config = match cli::parse() {
@@ -16,8 +16,11 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE_EXIT_CODE);
         }
     };
+    if let Some(AdminCommand::CheckMap { map, sample }) = &config.command {
+        return ExitCode::from(webhookd::check_map::run(map, sample));
+    }
     if let Some(command) = &config.command {
-        return match webhookd::admin::run(command, &config.data_dir) {
+        return match webhookd::admin::run(command, &config.data_dir, config.quiet) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("webhookd: error: {e}");

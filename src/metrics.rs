@@ -10,6 +10,10 @@
 //! Every label has a small fixed set of values: routes are path templates,
 //! never raw paths, so a client cannot create series at will.
 
+mod delivery;
+
+pub use delivery::ATTEMPT_OUTCOMES;
+
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -101,6 +105,16 @@ pub enum Route {
     Transactions,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /openapi.json`.
+    OpenApi,
+    /// `GET /v1/transactions/{transaction_id}/attempts`.
+    Attempts,
+    /// `POST /v1/transactions/{transaction_id}/redeliver`.
+    Redeliver,
+    /// `POST /v1/redeliveries`.
+    Redeliveries,
+    /// `GET /v1/redeliveries/{redelivery_id}`.
+    Redelivery,
     /// Any other path.
     Unknown,
 }
@@ -115,6 +129,11 @@ impl Route {
             Route::Transaction => "/v1/transactions/{transaction_id}",
             Route::Transactions => "/v1/transactions",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Attempts => "/v1/transactions/{transaction_id}/attempts",
+            Route::Redeliver => "/v1/transactions/{transaction_id}/redeliver",
+            Route::Redeliveries => "/v1/redeliveries",
+            Route::Redelivery => "/v1/redeliveries/{redelivery_id}",
             Route::Unknown => "unknown",
         }
     }
@@ -150,6 +169,8 @@ pub enum WebhookOutcome {
     Duplicate,
     /// Same id, different fields (409).
     Conflict,
+    /// An event the payload map does not take (200 `IGNORED`); nothing stored.
+    Ignored,
     /// Any other error answer; its code is counted separately.
     Rejected(&'static str),
 }
@@ -181,6 +202,22 @@ pub struct Metrics {
     unindexed_ids: Gauge,
     commit_batch_size: Histogram,
     commit_duration: Histogram,
+    /// With `--deliver-to` only.
+    delivery: Option<delivery::DeliveryMetrics>,
+}
+
+/// Creates the webhook series, so they read 0 from the start and rates and
+/// alerts work before the first event of each kind.
+fn zero_series(
+    webhooks: &Family<OutcomeLabels, Counter>,
+    rejections: &Family<CodeLabels, Counter>,
+) {
+    for outcome in ["accepted", "duplicate", "conflict", "rejected"] {
+        drop(webhooks.get_or_create(&OutcomeLabels { outcome }));
+    }
+    for code in WEBHOOK_ERROR_CODES {
+        drop(rejections.get_or_create(&CodeLabels { code }));
+    }
 }
 
 /// Latency buckets: 50 µs to about 1.6 s, doubling.
@@ -215,7 +252,7 @@ impl Metrics {
         let webhooks = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "webhooks",
-            "Webhook deliveries by outcome: accepted, duplicate, conflict, rejected",
+            "Webhook deliveries by outcome: accepted, duplicate, conflict, ignored, rejected",
             webhooks.clone(),
         );
         let rejections = Family::<CodeLabels, Counter>::default();
@@ -277,14 +314,7 @@ impl Metrics {
             "Version of this webhookd",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        // Series that exist from the start read 0 instead of missing, so
-        // rates and alerts work before the first event of each kind.
-        for outcome in ["accepted", "duplicate", "conflict", "rejected"] {
-            drop(webhooks.get_or_create(&OutcomeLabels { outcome }));
-        }
-        for code in WEBHOOK_ERROR_CODES {
-            drop(rejections.get_or_create(&CodeLabels { code }));
-        }
+        zero_series(&webhooks, &rejections);
         Metrics {
             registry,
             requests,
@@ -299,6 +329,7 @@ impl Metrics {
             unindexed_ids,
             commit_batch_size,
             commit_duration,
+            delivery: None,
         }
     }
 
@@ -319,6 +350,7 @@ impl Metrics {
             WebhookOutcome::Accepted => "accepted",
             WebhookOutcome::Duplicate => "duplicate",
             WebhookOutcome::Conflict => "conflict",
+            WebhookOutcome::Ignored => "ignored",
             WebhookOutcome::Rejected(code) => {
                 self.rejections.get_or_create(&CodeLabels { code }).inc();
                 "rejected"

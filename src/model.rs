@@ -41,8 +41,12 @@ pub struct NewTransaction {
 pub enum Status {
     /// Accepted and durably stored; its job has not completed yet.
     Processing,
-    /// Processed exactly once; `processed_at` is set and never changes.
+    /// Processed exactly once; `processed_at` is set and never changes
+    /// (unless an operator redelivers it).
     Processed,
+    /// Delivery to `--deliver-to` gave up: the schedule ran out, or the
+    /// destination answered 410. Kept until redelivered; never purged.
+    Failed,
 }
 
 impl Status {
@@ -52,6 +56,7 @@ impl Status {
         match self {
             Status::Processing => "PROCESSING",
             Status::Processed => "PROCESSED",
+            Status::Failed => "FAILED",
         }
     }
 }
@@ -67,6 +72,22 @@ pub struct Record {
     pub created_at_ms: u64,
     /// When processing committed, milliseconds since the Unix epoch.
     pub processed_at_ms: Option<u64>,
+    /// Where delivery to `--deliver-to` stands (all zero without it).
+    pub delivery: Delivery,
+}
+
+/// A transaction's delivery to `--deliver-to`: what its attempts came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Every attempt it ever had, interrupted ones included.
+    pub attempts: u32,
+    /// Attempts since its retry schedule (re)started: the index of the
+    /// next wait in the schedule. A redelivery sets it back to 0.
+    pub schedule_pos: u32,
+    /// What the last failed attempt came to, short; `None` after a success.
+    pub last_error: Option<String>,
+    /// When it became FAILED, milliseconds since the Unix epoch.
+    pub failed_at_ms: Option<u64>,
 }
 
 /// Three upper-case ASCII letters.
@@ -183,15 +204,11 @@ fn invalid(field: Field, message: &'static str) -> PayloadError {
 /// [`PayloadError::InvalidField`] for the first field that fails validation
 /// (in the order of [`Field`]).
 pub fn parse_payload(body: &[u8]) -> Result<NewTransaction, PayloadError> {
-    if body.trim_ascii().is_empty() {
-        return Err(PayloadError::InvalidJson(
-            "body is empty; it must be a JSON object".to_owned(),
-        ));
-    }
+    check_not_empty(body)?;
     let raw: RawFields<'_> = serde_json::from_slice(body).map_err(|e| {
         PayloadError::InvalidJson(match e.classify() {
-            serde_json::error::Category::Data => "body must be a JSON object".to_owned(),
-            _ => format!("body is not valid JSON: {e}"),
+            serde_json::error::Category::Data => BODY_NOT_AN_OBJECT.to_owned(),
+            _ => not_json_message(&e),
         })
     })?;
     for field in Field::ALL {
@@ -212,6 +229,28 @@ pub fn parse_payload(body: &[u8]) -> Result<NewTransaction, PayloadError> {
         currency: Currency::parse(&parse_string(Field::Currency, value(Field::Currency)?)?)
             .map_err(|message| invalid(Field::Currency, message))?,
     })
+}
+
+/// The 400 message for a body that is JSON but not an object.
+pub const BODY_NOT_AN_OBJECT: &str = "body must be a JSON object";
+
+/// Refuses an empty (or all-whitespace) body with its own 400 message.
+///
+/// # Errors
+/// [`PayloadError::InvalidJson`] when `body` holds nothing but whitespace.
+pub fn check_not_empty(body: &[u8]) -> Result<(), PayloadError> {
+    if body.trim_ascii().is_empty() {
+        return Err(PayloadError::InvalidJson(
+            "body is empty; it must be a JSON object".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The 400 message for a body that is not JSON.
+#[must_use]
+pub fn not_json_message(error: &serde_json::Error) -> String {
+    format!("body is not valid JSON: {error}")
 }
 
 /// The five known fields as raw JSON text, borrowed from the body; unknown
@@ -283,10 +322,18 @@ impl<'de> serde::Deserialize<'de> for Key {
 }
 
 fn parse_string(field: Field, raw: &RawValue) -> Result<String, PayloadError> {
+    string_value(raw).map_err(|message| invalid(field, message))
+}
+
+/// The text of a JSON string.
+///
+/// # Errors
+/// A message for the client when `raw` is not a JSON string.
+pub fn string_value(raw: &RawValue) -> Result<String, &'static str> {
     if !raw.get().starts_with('"') {
-        return Err(invalid(field, "must be a string"));
+        return Err("must be a string");
     }
-    serde_json::from_str(raw.get()).map_err(|_| invalid(field, "must be a string"))
+    serde_json::from_str(raw.get()).map_err(|_| "must be a string")
 }
 
 fn parse_text(field: Field, raw: &RawValue) -> Result<String, PayloadError> {

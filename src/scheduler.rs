@@ -1,5 +1,7 @@
 //! Fires due jobs: reads pending jobs in due order and sends the due ones
-//! to the writer to complete.
+//! to the writer to complete, or, with `--deliver-to`, hands them to the
+//! delivery dispatcher as far as its gate admits them (free slots, the
+//! breaker), earliest due first, skipping those with an attempt in flight.
 //!
 //! The timer index is the store's: the `jobs_by_due` table, keyed
 //! `(due_ms, log key)`, plus the jobs of the log's tail not yet written
@@ -18,6 +20,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::clock::now_ms;
+use crate::delivery::Gate;
+use crate::heartbeat::Heartbeat;
 use crate::store::writer::WriterHandle;
 use crate::store::{Store, StoreError};
 
@@ -61,16 +65,27 @@ impl Waker {
         }
     }
 
-    fn nudge(&self) {
+    /// Wakes the scheduler to look again (the dispatcher calls this when
+    /// an attempt slot or a transaction frees up).
+    pub fn nudge(&self) {
         // A full channel already holds a pending wake-up; one is enough.
         let _ = self.shared.nudge.try_send(());
     }
+}
+
+/// What the scheduler does with due jobs.
+pub enum Processor {
+    /// Marks them PROCESSED through the writer (no `--deliver-to`).
+    Complete(WriterHandle),
+    /// Hands them to the delivery dispatcher.
+    Deliver(Gate),
 }
 
 /// The running scheduler thread. Stop it with [`Scheduler::stop`].
 pub struct Scheduler {
     waker: Waker,
     thread: JoinHandle<()>,
+    heartbeat: Heartbeat,
 }
 
 /// Creates the waker before the writer exists; the thread starts with [`Scheduler::start`].
@@ -96,11 +111,34 @@ impl Scheduler {
         waker: Waker,
         nudged: mpsc::Receiver<()>,
     ) -> std::io::Result<Scheduler> {
+        Scheduler::start_with(store, Processor::Complete(writer), waker, nudged)
+    }
+
+    /// [`Scheduler::start`] with the processor chosen: completion or delivery.
+    pub fn start_with(
+        store: Store,
+        processor: Processor,
+        waker: Waker,
+        nudged: mpsc::Receiver<()>,
+    ) -> std::io::Result<Scheduler> {
         let shared = Arc::clone(&waker.shared);
+        let heartbeat = Heartbeat::new();
+        let beats = heartbeat.clone();
         let thread = std::thread::Builder::new()
             .name("scheduler".to_owned())
-            .spawn(move || run(&store, &writer, &shared, &nudged))?;
-        Ok(Scheduler { waker, thread })
+            .spawn(move || run(&store, &processor, &shared, &nudged, &beats))?;
+        Ok(Scheduler {
+            waker,
+            thread,
+            heartbeat,
+        })
+    }
+
+    /// Beats at the start of every round and rests while the thread
+    /// sleeps: the systemd watchdog reads it to tell a round that never ends.
+    #[must_use]
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
     }
 
     /// Stops the thread after its current round and waits for it. Pending
@@ -114,11 +152,30 @@ impl Scheduler {
     }
 }
 
-fn run(store: &Store, writer: &WriterHandle, shared: &Shared, nudged: &mpsc::Receiver<()>) {
+fn run(
+    store: &Store,
+    processor: &Processor,
+    shared: &Shared,
+    nudged: &mpsc::Receiver<()>,
+    heartbeat: &Heartbeat,
+) {
     while !shared.stop.load(Ordering::SeqCst) {
         shared.sleeping_until.store(AWAKE, Ordering::SeqCst);
-        let sleep = match round(store, writer) {
+        heartbeat.beat();
+        let round = match processor {
+            Processor::Complete(writer) => round(store, writer),
+            Processor::Deliver(gate) => deliver_round(store, gate),
+        };
+        let sleep = match round {
             Ok(Round::Completed) => continue,
+            // Every slot is taken: the dispatcher nudges when one frees
+            // up; new jobs need not wake this thread meanwhile.
+            Ok(Round::Full { retry_at }) => {
+                shared.sleeping_until.store(0, Ordering::SeqCst);
+                retry_at.map_or(MAX_IDLE_SLEEP, |at| {
+                    at.saturating_duration_since(std::time::Instant::now())
+                })
+            }
             Ok(Round::Idle { next_due }) => {
                 shared
                     .sleeping_until
@@ -132,6 +189,7 @@ fn run(store: &Store, writer: &WriterHandle, shared: &Shared, nudged: &mpsc::Rec
                 RETRY_AFTER_ERROR
             }
         };
+        heartbeat.rest();
         match nudged.recv_timeout(sleep) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -144,6 +202,10 @@ enum Round {
     Completed,
     /// Nothing due now; the earliest pending job, if any.
     Idle { next_due: Option<u64> },
+    /// No attempt may start now; look again at `retry_at` or when nudged.
+    Full {
+        retry_at: Option<std::time::Instant>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,5 +229,38 @@ fn round(store: &Store, writer: &WriterHandle) -> Result<Round, RoundError> {
     // external call) would run here, before the completion is committed.
     writer.complete_blocking(due)?;
     tracing::debug!(count, "completed due jobs");
+    Ok(Round::Completed)
+}
+
+/// With delivery: hands the earliest due jobs that are not in flight to
+/// the dispatcher, as many as its gate admits. Reads only the first
+/// `busy + free` jobs of the due order, so a round costs as much as the
+/// slots it fills.
+fn deliver_round(store: &Store, gate: &Gate) -> Result<Round, RoundError> {
+    let admission = gate.admission();
+    if admission.free == 0 {
+        return Ok(Round::Full {
+            retry_at: admission.retry_at,
+        });
+    }
+    let now = now_ms();
+    let head = store.due_jobs(u64::MAX, admission.busy.len() + admission.free)?;
+    let mut ready = Vec::new();
+    let mut next_due = None;
+    for job in head
+        .into_iter()
+        .filter(|job| !admission.busy.contains(&job.log_key))
+    {
+        if job.due_ms <= now && ready.len() < admission.free {
+            ready.push(job);
+        } else {
+            next_due = Some(job.due_ms);
+            break;
+        }
+    }
+    if ready.is_empty() {
+        return Ok(Round::Idle { next_due });
+    }
+    gate.hand_over(ready, admission.probe);
     Ok(Round::Completed)
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::model::{self, Record};
+use crate::store::delivery_read::DeliveryView;
 
 /// The fields of a transaction as the API shows them, in this order.
 #[derive(Serialize)]
@@ -22,7 +23,7 @@ pub struct TransactionView<'a> {
     pub amount: &'a RawValue,
     /// Three upper-case letters.
     pub currency: &'a str,
-    /// `PROCESSING` or `PROCESSED`.
+    /// `PROCESSING`, `PROCESSED` or `FAILED`.
     pub status: &'static str,
     /// When the transaction was accepted ([`format_time`]).
     pub created_at: String,
@@ -33,12 +34,93 @@ pub struct TransactionView<'a> {
 /// A stored transaction as `GET /v1/transactions/{id}` answers it.
 #[must_use]
 pub fn transaction_json(record: &Record) -> Vec<u8> {
-    let tx = &record.transaction;
+    let amount = amount_json(record);
+    serde_json::to_vec(&view(record, &amount)).expect("a transaction view always serialises")
+}
+
+/// The view with the body the transaction arrived with, as
+/// `?include=payload` answers it.
+#[derive(Serialize)]
+struct WithPayload<'a> {
+    #[serde(flatten)]
+    view: TransactionView<'a>,
+    /// The body as received, as a JSON string; `null` if none was kept.
+    payload: Option<&'a str>,
+    /// The request's `Content-Type`; `null` if no body was kept.
+    payload_content_type: Option<&'a str>,
+}
+
+/// [`transaction_json`] plus `"payload"` (the body it arrived with, as
+/// a JSON string, so it decodes to exactly those bytes) and
+/// `"payload_content_type"`: `payload` is `(content type, body)`, or
+/// `None` for a transaction stored without one (both are then `null`).
+#[must_use]
+pub fn transaction_json_with_payload(record: &Record, payload: Option<(&str, &str)>) -> Vec<u8> {
+    let amount = amount_json(record);
+    serde_json::to_vec(&WithPayload {
+        view: view(record, &amount),
+        payload: payload.map(|(_, body)| body),
+        payload_content_type: payload.map(|(content_type, _)| content_type),
+    })
+    .expect("a transaction view always serialises")
+}
+
+fn amount_json(record: &Record) -> Box<RawValue> {
     // Invariant: a formatted Decimal is a valid JSON number (digits, at most
     // one '.', no exponent, positive).
+    RawValue::from_string(model::format_amount(record.transaction.amount))
+        .expect("a formatted decimal is a JSON number")
+}
+
+fn view<'a>(record: &'a Record, amount: &'a RawValue) -> TransactionView<'a> {
+    let tx = &record.transaction;
+    TransactionView {
+        transaction_id: &tx.transaction_id,
+        source_account: &tx.source_account,
+        destination_account: &tx.destination_account,
+        amount,
+        currency: tx.currency.as_str(),
+        status: record.status.as_str(),
+        created_at: format_time(record.created_at_ms),
+        processed_at: record.processed_at_ms.map(format_time),
+    }
+}
+
+/// A transaction as `GET /v1/transactions/{id}` answers it with
+/// `--deliver-to` set: the fields above, then where delivery stands.
+#[derive(Serialize)]
+struct DeliveredView<'a> {
+    transaction_id: &'a str,
+    source_account: &'a str,
+    destination_account: &'a str,
+    amount: &'a RawValue,
+    currency: &'a str,
+    status: &'static str,
+    created_at: String,
+    processed_at: Option<String>,
+    /// Every attempt it had, the one in flight included.
+    attempts: u32,
+    /// When the next attempt is due; `null` unless PROCESSING and waiting.
+    next_attempt_at: Option<String>,
+    /// What the last failed attempt came to; `null` after a success.
+    last_error: Option<&'a str>,
+    /// When it became FAILED; `null` otherwise.
+    failed_at: Option<String>,
+}
+
+/// A stored transaction with its delivery fields, as the API shows it
+/// with `--deliver-to` set.
+#[must_use]
+pub fn delivered_json(view: &DeliveryView) -> Vec<u8> {
+    let record = &view.record;
+    let tx = &record.transaction;
     let amount = RawValue::from_string(model::format_amount(tx.amount))
         .expect("a formatted decimal is a JSON number");
-    serde_json::to_vec(&TransactionView {
+    let next_attempt_at = match view.open_attempt {
+        Some(_) => None,
+        None => view.due_ms.map(format_time),
+    };
+    serde_json::to_vec(&DeliveredView {
         transaction_id: &tx.transaction_id,
         source_account: &tx.source_account,
         destination_account: &tx.destination_account,
@@ -47,6 +129,10 @@ pub fn transaction_json(record: &Record) -> Vec<u8> {
         status: record.status.as_str(),
         created_at: format_time(record.created_at_ms),
         processed_at: record.processed_at_ms.map(format_time),
+        attempts: view.open_attempt.unwrap_or(record.delivery.attempts),
+        next_attempt_at,
+        last_error: record.delivery.last_error.as_deref(),
+        failed_at: record.delivery.failed_at_ms.map(format_time),
     })
     .expect("a transaction view always serialises")
 }

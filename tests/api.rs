@@ -1,4 +1,4 @@
-//! The three endpoints of CONTRACT §2 with well-formed requests: health,
+//! The three endpoints of the API with well-formed requests: health,
 //! receiving (new, redelivery, conflict), status, and processing.
 
 mod common;
@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Daemon, get, get_transaction, millis, now_millis, payload, post, request, wait_processed,
+    DEADLINE, Daemon, check_totals, get, get_transaction, metric, millis, now_millis, payload,
+    post, request, settled_database, wait_processed,
 };
 use serde_json::value::RawValue;
 
@@ -97,6 +98,43 @@ fn a_redelivery_is_a_duplicate_and_stores_nothing_new() {
         );
     }
     assert_eq!(get_transaction(daemon.addr, "txn_redeliver").json(), first);
+    // Nothing was written: no commit, not a byte of the file, one record.
+    let (file, commits) = settled_database(daemon.addr, dir.path());
+    for _ in 0..3 {
+        let again = post(daemon.addr, &payload("txn_redeliver", "1500.5"));
+        assert_eq!(again.json()["duplicate"], true);
+    }
+    assert_eq!(
+        settled_database(daemon.addr, dir.path()).1,
+        commits,
+        "a redelivery was committed"
+    );
+    assert!(
+        settled_database(daemon.addr, dir.path()).0 == file,
+        "a redelivery changed the database file"
+    );
+    assert_eq!(
+        metric(
+            daemon.addr,
+            r#"webhookd_webhooks_total{outcome="accepted"}"#
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            daemon.addr,
+            r#"webhookd_webhooks_total{outcome="duplicate"}"#
+        ),
+        7
+    );
+    daemon.terminate();
+    assert!(daemon.wait_exit(DEADLINE).0.success());
+    let totals = check_totals(dir.path());
+    assert_eq!(
+        (totals.transactions, totals.pending_jobs),
+        (1, 1),
+        "{totals:?}"
+    );
 }
 
 #[test]
@@ -108,6 +146,7 @@ fn a_different_payload_under_a_stored_id_conflicts_and_leaves_the_record_untouch
         202
     );
     let stored = get_transaction(daemon.addr, "txn_conflict").body;
+    let (file, commits) = settled_database(daemon.addr, dir.path());
     for changed in [
         payload("txn_conflict", "10.01"),
         payload("txn_conflict", "10").replace("INR", "EUR"),
@@ -117,6 +156,16 @@ fn a_different_payload_under_a_stored_id_conflicts_and_leaves_the_record_untouch
         post(daemon.addr, &changed).assert_error(409, "conflict");
     }
     assert_eq!(get_transaction(daemon.addr, "txn_conflict").body, stored);
+    let (after, commits_after) = settled_database(daemon.addr, dir.path());
+    assert_eq!(commits_after, commits, "a conflict was committed");
+    assert!(after == file, "a conflict changed the database file");
+    assert_eq!(
+        metric(
+            daemon.addr,
+            r#"webhookd_webhooks_total{outcome="conflict"}"#
+        ),
+        4
+    );
 }
 
 #[test]
@@ -184,6 +233,14 @@ fn a_transaction_is_processed_once_after_the_delay_and_stays_processed() {
         serde_json::json!({"transaction_id": "txn_delay", "status": "PROCESSED", "duplicate": true})
     );
     assert_eq!(get_transaction(daemon.addr, "txn_delay").json(), body);
+    // Its one job ran once and is gone.
+    common::poll_until(DEADLINE, "no pending job", || {
+        (metric(daemon.addr, "webhookd_pending_jobs") == 0).then_some(())
+    });
+    assert_eq!(
+        metric(daemon.addr, "webhookd_transactions_processed_total"),
+        1
+    );
 }
 
 #[test]

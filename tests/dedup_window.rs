@@ -182,7 +182,7 @@ fn a_schema_4_database_gains_tombstones_on_open() {
     assert_eq!(replay.status, 202, "{}", replay.body);
     assert_eq!(replay.json()["duplicate"], true);
     stop(daemon);
-    assert_eq!(schema_version(dir.path()), 5);
+    assert_eq!(schema_version(dir.path()), webhookd::store::SCHEMA_VERSION);
     check_passes(dir.path());
 }
 

@@ -7,14 +7,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use webhookd::store::writer::id_merge::ID_MERGE_THRESHOLD;
 
 use common::{
-    DEADLINE, Daemon, connect, get, get_transaction, payload, poll_until, post, post_on,
-    run_to_exit,
+    DEADLINE, Daemon, connect, get, get_transaction, payload, poll_until, post, run_to_exit,
 };
 
 /// Ids not yet merged into the on-disk id index, from `GET /metrics`.
@@ -69,28 +72,97 @@ fn ids_merged_while_idle_still_deduplicate_conflict_and_read_back() {
     check(dir.path());
 }
 
-/// More ids than one merge cycle takes in, so a cycle runs while webhooks
-/// keep arriving; meanwhile redeliveries of acknowledged ids must always
-/// be duplicates. Then SIGKILL mid-way through whatever merge is running,
-/// and the same must hold after the restart.
-#[test]
-fn a_merge_cycle_under_load_never_loses_track_of_an_id() {
+/// The file a SIGKILL left, read from a copy (so the daemon later opens it
+/// as the kill left it): how many transactions it stores, how many
+/// `id_hashes` rows it has, and how many of those are for log entries
+/// after `ids_complete_upto`, which only a merge cycle that had not
+/// finished can have written.
+#[derive(Debug, Clone, Copy)]
+struct IdIndexRows {
+    stored: usize,
+    rows: usize,
+    past_watermark: usize,
+}
+
+impl IdIndexRows {
+    /// Some of a cycle's rows are written, not all of them.
+    fn mid_merge(self) -> bool {
+        self.past_watermark > 0 && self.rows < self.stored
+    }
+}
+
+fn id_index_rows(dir: &std::path::Path) -> IdIndexRows {
+    let copy = tempfile::tempdir().unwrap();
+    let file = copy.path().join("webhookd.redb");
+    std::fs::copy(dir.join("webhookd.redb"), &file).unwrap();
+    let db = Database::open(&file).unwrap();
+    let txn = db.begin_read().unwrap();
+    let upto = txn
+        .open_table(TableDefinition::<&str, u64>::new("meta"))
+        .unwrap()
+        .get("ids_complete_upto")
+        .unwrap()
+        .map_or(0, |v| v.value());
+    let rows = txn
+        .open_table(TableDefinition::<(u64, u64), ()>::new("id_hashes"))
+        .unwrap();
+    let mut counts = IdIndexRows {
+        stored: 0,
+        rows: 0,
+        past_watermark: 0,
+    };
+    for row in rows.iter().unwrap() {
+        let (_, log_key) = row.unwrap().0.value();
+        counts.rows += 1;
+        if log_key > upto {
+            counts.past_watermark += 1;
+        }
+    }
+    counts.stored = txn
+        .open_table(TableDefinition::<u64, &[u8]>::new("log"))
+        .unwrap()
+        .len()
+        .unwrap() as usize;
+    counts
+}
+
+/// [`post_on`], with a connection or I/O failure (the kill) as `None`.
+fn try_post_on(stream: &mut TcpStream, body: &str) -> Option<common::Response> {
+    let request = format!(
+        "POST /v1/webhooks/transactions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    common::try_read_response(stream).ok()
+}
+
+/// What one attempt of the test below left behind.
+struct Killed {
+    dir: tempfile::TempDir,
+    acknowledged: Vec<String>,
+    checked: u64,
+    rows: IdIndexRows,
+}
+
+/// Ids enough for two merge cycles ([`ID_MERGE_THRESHOLD`] each), posted from
+/// several connections while another one redelivers acknowledged ids and
+/// requires each to be a duplicate (so also after the first cycle has
+/// finished, under load); SIGKILL soon after the second cycle began,
+/// while webhooks are still arriving.
+fn load_through_a_merge_and_kill() -> Killed {
     const THREADS: usize = 8;
-    const PER_THREAD: usize = 9_000; // 72,000 in all, over MERGE_THRESHOLD
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &["--process-delay", "1h"]);
     let addr = daemon.addr;
-    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
-    let done = Arc::new(AtomicBool::new(false));
-
-    let redeliveries = {
-        let acknowledged = Arc::clone(&acknowledged);
-        let done = Arc::clone(&done);
-        std::thread::spawn(move || {
+    let acknowledged: Mutex<Vec<String>> = Mutex::default();
+    let count = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let checked = std::thread::scope(|scope| {
+        let redeliveries = scope.spawn(|| {
             let mut stream = connect(addr);
             let mut checked = 0_u64;
             let mut n = 0_usize;
-            while !done.load(Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 let id = {
                     let list = acknowledged.lock().unwrap();
                     if list.is_empty() {
@@ -104,7 +176,9 @@ fn a_merge_cycle_under_load_never_loses_track_of_an_id() {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
-                let again = post_on(&mut stream, &payload(&id, "1"));
+                let Some(again) = try_post_on(&mut stream, &payload(&id, "1")) else {
+                    break;
+                };
                 assert_eq!(again.status, 202, "{id}: {}", again.body);
                 assert_eq!(
                     again.json()["duplicate"],
@@ -114,33 +188,78 @@ fn a_merge_cycle_under_load_never_loses_track_of_an_id() {
                 checked += 1;
             }
             checked
-        })
-    };
-    let writers: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let acknowledged = Arc::clone(&acknowledged);
-            std::thread::spawn(move || {
+        });
+        for t in 0..THREADS {
+            let (acknowledged, count, stop) = (&acknowledged, &count, &stop);
+            scope.spawn(move || {
                 let mut stream = connect(addr);
-                for i in 0..PER_THREAD {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
                     let id = format!("cycle-{t}-{i}");
-                    let response = post_on(&mut stream, &payload(&id, "1"));
+                    i += 1;
+                    let Some(response) = try_post_on(&mut stream, &payload(&id, "1")) else {
+                        break;
+                    };
                     assert_eq!(response.status, 202, "{id}: {}", response.body);
                     assert_eq!(response.json()["duplicate"], false, "{id}");
                     acknowledged.lock().unwrap().push(id);
+                    count.fetch_add(1, Ordering::SeqCst);
                 }
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.join().expect("load thread");
+            });
+        }
+        // Every acknowledged id was committed, so once this many are, the
+        // first cycle is over (it took 128 or more commits after
+        // ID_MERGE_THRESHOLD ids) and the second has begun.
+        let started = Instant::now();
+        while count.load(Ordering::SeqCst) < 2 * ID_MERGE_THRESHOLD + 256 {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "only {} acknowledged",
+                count.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        daemon.kill();
+        stop.store(true, Ordering::SeqCst);
+        redeliveries.join().expect("redelivery thread")
+    });
+    let rows = id_index_rows(dir.path());
+    Killed {
+        dir,
+        acknowledged: acknowledged.into_inner().unwrap(),
+        checked,
+        rows,
     }
-    done.store(true, Ordering::SeqCst);
-    let checked = redeliveries.join().expect("redelivery thread");
-    assert!(checked > 100, "only {checked} redeliveries were checked");
+}
 
-    let all = acknowledged.lock().unwrap().clone();
-    assert_eq!(all.len(), THREADS * PER_THREAD);
-    daemon.kill();
+/// Merge cycles run while webhooks keep arriving; meanwhile redeliveries
+/// of acknowledged ids must always be duplicates. The daemon is killed
+/// (SIGKILL) in the middle of the second cycle (the file it leaves has `id_hashes` rows
+/// past `ids_complete_upto`), and after the restart every acknowledged id
+/// is still a duplicate, a changed payload a conflict, and a read finds it.
+#[test]
+fn a_merge_cycle_under_load_never_loses_track_of_an_id() {
+    // The kill lands mid-cycle unless this machine stalls the test thread
+    // for the whole cycle; a fresh attempt then tries again.
+    let mut attempts = 0;
+    let killed = loop {
+        attempts += 1;
+        let killed = load_through_a_merge_and_kill();
+        if killed.rows.mid_merge() {
+            break killed;
+        }
+        assert!(
+            attempts < 3,
+            "no attempt killed the daemon in the middle of a merge cycle: {:?}",
+            killed.rows
+        );
+    };
+    assert!(
+        killed.checked > 100,
+        "only {} redeliveries were checked",
+        killed.checked
+    );
+    let (dir, all) = (killed.dir, killed.acknowledged);
     let daemon = Daemon::start(dir.path(), &["--process-delay", "1h"]);
     for id in all.iter().step_by(997) {
         assert_redelivery_is_duplicate(daemon.addr, id);
@@ -154,4 +273,12 @@ fn a_merge_cycle_under_load_never_loses_track_of_an_id() {
     daemon.terminate();
     assert!(daemon.wait_exit(DEADLINE).0.success());
     check(dir.path());
+    // One record per id: nothing redelivered was stored again (a few
+    // committed webhooks may have lost their answer to the kill).
+    let stored = common::check_totals(dir.path()).transactions as usize;
+    assert!(
+        (all.len()..=all.len() + 8).contains(&stored),
+        "{} acknowledged, {stored} stored",
+        all.len()
+    );
 }

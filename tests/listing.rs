@@ -1,6 +1,6 @@
 //! `GET /v1/transactions`: newest first, filters, stable cursor paging
 //! while new transactions arrive, the page-size cap, and every parameter
-//! error in the contract's error shape.
+//! error in the API's error shape.
 
 mod common;
 
@@ -139,7 +139,8 @@ fn status_and_creation_time_filters() {
         wait_processed(daemon.addr, &id, DEADLINE);
     }
     daemon.terminate();
-    let _ = daemon.wait_exit(DEADLINE);
+    let (status, stderr) = daemon.wait_exit(DEADLINE);
+    assert!(status.success(), "{status}: {stderr}");
     let daemon = Daemon::start(dir.path(), &["--process-delay", "1h"]);
     let addr = daemon.addr;
     for i in 0..4 {

@@ -1,10 +1,11 @@
-//! The packaged man page (`packaging/webhookd.8`) and environment file
+//! The packaged man page (`packaging/webhookd.8`), environment file
 //! (`packaging/webhookd.env`, installed as `/etc/default/webhookd` and
-//! `/etc/sysconfig/webhookd`) are rendered from the clap definition, so
-//! neither can disagree with `--help`: these tests fail when the committed
-//! files differ from what the current `Config` renders.
+//! `/etc/sysconfig/webhookd`) and shell completions
+//! (`packaging/completions/`: bash, zsh, fish) are rendered from the clap
+//! definition, so none can disagree with `--help`: these tests fail when the
+//! committed files differ from what the current `Config` renders.
 //!
-//! After changing an option, regenerate both with
+//! After changing an option, regenerate them all with
 //! `WEBHOOKD_UPDATE_MAN=1 cargo test --test man_page` and commit them.
 
 use std::fmt::Write as _;
@@ -16,11 +17,28 @@ use webhookd::cli::Config;
 
 const UPDATE_VAR: &str = "WEBHOOKD_UPDATE_MAN";
 
+/// Shell completions: (shell, file under `packaging/`).
+const COMPLETIONS: [(clap_complete::Shell, &str); 3] = [
+    (clap_complete::Shell::Bash, "completions/webhookd.bash"),
+    (clap_complete::Shell::Zsh, "completions/_webhookd"),
+    (clap_complete::Shell::Fish, "completions/webhookd.fish"),
+];
+
 fn packaging(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("packaging")
         .join(file)
 }
+
+/// The man page's SIGNALS section.
+const SIGNALS: &str = "SIGTERM or SIGINT starts a graceful shutdown: stop accepting connections, \
+    let in-flight requests finish for up to --shutdown-grace, \
+    then exit 0 with every acknowledged transaction on disk. \
+    A second signal cuts the grace period short. \
+    SIGHUP (systemctl reload webhookd) re-reads --tls-cert, --tls-key and \
+    --admin-token-file: new connections and requests use them, open connections \
+    are kept, and if a file is unusable the previous ones stay in use and one \
+    line in the log says why. It never stops the daemon.";
 
 /// `webhookd(8)`: `clap_mangen`'s sections (name, synopsis, description,
 /// options with their variables and defaults, version) plus the
@@ -67,15 +85,36 @@ fn render_man_page() -> String {
         .control("TP", [])
         .text([italic("/usr/lib/systemd/system/webhookd.service")])
         .text([roman(
-            "The systemd unit: runs webhookd as the system user webhookd, sandboxed, \
-             restarted on failure. Logs go to the journal.",
+            "The systemd unit (Type=notify): runs webhookd as the system user webhookd, \
+             sandboxed, restarted on failure and when the watchdog finds the store writer \
+             or the scheduler stuck. Logs go to the journal.",
+        )])
+        .control("TP", [])
+        .text([italic("/usr/share/doc/webhookd/examples/webhookd.socket")])
+        .text([roman(
+            "Optional socket activation: copied to /etc/systemd/system/ and enabled, \
+             systemd holds the listening socket (its ListenStream= replaces --listen), \
+             so connections made while webhookd restarts are not refused.",
         )]);
-    roff.control("SH", ["SIGNALS"]).text([roman(
-        "SIGTERM or SIGINT starts a graceful shutdown: stop accepting connections, \
-             let in-flight requests finish for up to --shutdown-grace, \
-             then exit 0 with every acknowledged transaction on disk. \
-             A second signal cuts the grace period short.",
-    )]);
+    roff.control("SH", ["ENVIRONMENT SET BY SYSTEMD"])
+        .control("TP", [])
+        .text([bold("NOTIFY_SOCKET")])
+        .text([roman(
+            "Where to send READY=1, STATUS=, STOPPING=1, EXTEND_TIMEOUT_USEC= and WATCHDOG=1.",
+        )])
+        .control("TP", [])
+        .text([bold("WATCHDOG_USEC")])
+        .text([roman(
+            "The watchdog timeout: WATCHDOG=1 is sent every quarter of it while the store \
+             writer and the scheduler make progress.",
+        )])
+        .control("TP", [])
+        .text([bold("LISTEN_FDS"), roman(", "), bold("LISTEN_PID")])
+        .text([roman(
+            "Socket activation: one TCP socket passed as fd 3 is served and --listen is not \
+             used; more than one, or one that is not a TCP socket, stops the start (exit 2).",
+        )]);
+    roff.control("SH", ["SIGNALS"]).text([roman(SIGNALS)]);
     roff.control("SH", ["EXIT STATUS"])
         .control("TP", [])
         .text([bold("0")])
@@ -89,7 +128,9 @@ fn render_man_page() -> String {
         .control("TP", [])
         .text([bold("2")])
         .text([roman(
-            "Bad command line or option value (restarting will not help).",
+            "Bad command line or option value, an unusable file it names (TLS certificate \
+             or key, admin token or signing secrets file), or an unusable socket passed by \
+             systemd (restarting will not help).",
         )])
         .control("TP", [])
         .text([bold("130")])
@@ -206,6 +247,42 @@ fn check_or_update(file: &str, rendered: &str) {
             path.display(),
             first_difference + 1,
         );
+    }
+}
+
+/// The completion script for `shell`, as `clap_complete` renders it.
+fn render_completions(shell: clap_complete::Shell) -> String {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Config::command(), "webhookd", &mut out);
+    String::from_utf8(out).expect("completions are UTF-8")
+}
+
+#[test]
+fn completions_match_the_clap_definition() {
+    for (shell, file) in COMPLETIONS {
+        check_or_update(file, &render_completions(shell));
+    }
+}
+
+/// What the packaging relies on, stated on its own: every option and
+/// every admin command completes in every shell.
+#[test]
+fn completions_offer_every_option_and_command() {
+    let command = Config::command();
+    for (shell, _) in COMPLETIONS {
+        let script = render_completions(shell);
+        for arg in command.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                assert!(script.contains(long), "{shell}: --{long}");
+            }
+        }
+        for sub in command.get_subcommands() {
+            assert!(
+                script.contains(sub.get_name()),
+                "{shell}: {}",
+                sub.get_name()
+            );
+        }
     }
 }
 

@@ -9,7 +9,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{DEADLINE, Daemon, get, get_transaction, poll_until, run_to_exit, wait_processed};
+use common::{
+    CheckTotals, DEADLINE, Daemon, check_totals, check_totals_of_a_copy, get, get_transaction,
+    poll_until, run_to_exit, wait_processed,
+};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 
@@ -122,8 +125,22 @@ fn check(dir: &Path) -> (Option<i32>, String) {
 fn a_version_1_database_is_migrated_and_everything_in_it_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     write_version_1(dir.path());
-    // The old file is consistent by the old rules, and check reads it as it is.
-    assert_eq!(schema_version(dir.path()), 1);
+    // `check` on a copy (which it migrates, as any open does) finds the
+    // three records and the two jobs the old layout had.
+    assert_eq!(
+        check_totals_of_a_copy(dir.path()),
+        CheckTotals {
+            transactions: 3,
+            processing: 2,
+            processed: 1,
+            pending_jobs: 2
+        }
+    );
+    assert_eq!(
+        schema_version(dir.path()),
+        1,
+        "checking a copy changed the file"
+    );
 
     let daemon = start_migrating(dir.path(), &[(1, 4)]);
     let addr = daemon.addr;
@@ -162,10 +179,18 @@ fn a_version_1_database_is_migrated_and_everything_in_it_keeps_working() {
 
     daemon.terminate();
     assert!(daemon.wait_exit(DEADLINE).0.success());
-    assert_eq!(schema_version(dir.path()), 5);
+    assert_eq!(schema_version(dir.path()), webhookd::store::SCHEMA_VERSION);
     assert!(!has_v3_ids_table(dir.path()));
-    let (code, stderr) = check(dir.path());
-    assert_eq!(code, Some(0), "check after migration: {stderr}");
+    assert_eq!(
+        check_totals(dir.path()),
+        CheckTotals {
+            transactions: 3,
+            processing: 1,
+            processed: 2,
+            pending_jobs: 1
+        },
+        "check after migration"
+    );
 
     // Retention applies to records processed before the upgrade.
     let daemon = Daemon::start(dir.path(), &["--process-delay", "1h", "--retention", "30m"]);
@@ -176,8 +201,16 @@ fn a_version_1_database_is_migrated_and_everything_in_it_keeps_working() {
     assert_eq!(get_transaction(daemon.addr, "v1-later").status, 200);
     daemon.terminate();
     assert!(daemon.wait_exit(DEADLINE).0.success());
-    let (code, stderr) = check(dir.path());
-    assert_eq!(code, Some(0), "check after purging: {stderr}");
+    assert_eq!(
+        check_totals(dir.path()),
+        CheckTotals {
+            transactions: 2,
+            processing: 1,
+            processed: 1,
+            pending_jobs: 1
+        },
+        "check after purging"
+    );
 }
 
 /// A schema 2 value, spelled out independently of webhookd's encoder: a
@@ -280,6 +313,15 @@ fn write_version_2(dir: &Path) {
 fn a_version_2_database_is_migrated_and_everything_in_it_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     write_version_2(dir.path());
+    assert_eq!(
+        check_totals_of_a_copy(dir.path()),
+        CheckTotals {
+            transactions: 3,
+            processing: 2,
+            processed: 1,
+            pending_jobs: 2
+        }
+    );
     let daemon = start_migrating(dir.path(), &[(2, 3), (3, 4)]);
     let addr = daemon.addr;
     let done = get_transaction(addr, "v2-done").json();
@@ -327,10 +369,18 @@ fn a_version_2_database_is_migrated_and_everything_in_it_keeps_working() {
     assert_eq!(pending, ["v2-later"]);
     daemon.terminate();
     assert!(daemon.wait_exit(DEADLINE).0.success());
-    assert_eq!(schema_version(dir.path()), 5);
+    assert_eq!(schema_version(dir.path()), webhookd::store::SCHEMA_VERSION);
     assert!(!has_v3_ids_table(dir.path()));
-    let (code, stderr) = check(dir.path());
-    assert_eq!(code, Some(0), "check after migration: {stderr}");
+    assert_eq!(
+        check_totals(dir.path()),
+        CheckTotals {
+            transactions: 3,
+            processing: 1,
+            processed: 2,
+            pending_jobs: 1
+        },
+        "check after migration"
+    );
 }
 
 /// Stores `ids` through a daemon, stops it cleanly (which merges every id

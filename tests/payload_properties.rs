@@ -1,7 +1,10 @@
 //! Property tests of the payload parser: arbitrary bytes and arbitrary JSON
-//! never panic, and every valid payload round-trips exactly.
+//! never panic, every valid payload round-trips exactly, and every amount
+//! keeps exactly the decimal value its text has (worked out here digit by
+//! digit) or is refused, never rounded.
 
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use webhookd::model::{Field, PayloadError, format_amount, parse_amount, parse_payload};
 
 /// Any JSON value, nested a few levels deep.
@@ -61,6 +64,53 @@ fn decimal() -> impl Strategy<Value = (String, String)> {
     })
 }
 
+/// The value of a JSON number written as `text`, worked out digit by
+/// digit without any number type: the plain decimal it equals (no
+/// exponent, no leading or trailing zeros), or `None` if it is zero or
+/// cannot be kept exactly in 96 bits with at most 28 decimal places.
+fn exact_value(text: &str) -> Option<String> {
+    const TWO_TO_THE_96: &str = "79228162514264337593543950336";
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (&text[..at], text[at + 1..].parse::<i64>().unwrap()),
+        None => (text, 0),
+    };
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let length = |s: &str| i64::try_from(s.len()).unwrap();
+    // value = significant × 10^power
+    let digits = format!("{integer}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    let significant = digits.trim_end_matches('0');
+    if significant.is_empty() {
+        return None;
+    }
+    let power = exponent - length(fraction) + length(digits) - length(significant);
+    // Stored as an integer below 2^96 with a scale of at most 28.
+    let scale = usize::try_from(-power).unwrap_or(0);
+    if scale > 28 {
+        return None;
+    }
+    let integer_digits = format!(
+        "{significant}{}",
+        "0".repeat(usize::try_from(power).unwrap_or(0))
+    );
+    let fits = integer_digits.len() < TWO_TO_THE_96.len()
+        || (integer_digits.len() == TWO_TO_THE_96.len() && integer_digits.as_str() < TWO_TO_THE_96);
+    if !fits {
+        return None;
+    }
+    Some(if scale == 0 {
+        integer_digits
+    } else if integer_digits.len() > scale {
+        let (whole, part) = integer_digits.split_at(integer_digits.len() - scale);
+        format!("{whole}.{part}")
+    } else {
+        format!(
+            "0.{}{integer_digits}",
+            "0".repeat(scale - integer_digits.len())
+        )
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -106,11 +156,21 @@ proptest! {
     }
 
     #[test]
-    fn formatted_amounts_parse_back_to_the_same_value(text in "[0-9]{1,30}(\\.[0-9]{1,30})?([eE][+-]?[0-9]{1,3})?") {
-        if let Ok(amount) = parse_amount(&text) {
-            let formatted = format_amount(amount);
-            prop_assert!(!formatted.contains(['e', 'E']));
-            prop_assert_eq!(parse_amount(&formatted), Ok(amount));
+    fn amounts_keep_their_exact_value_or_are_refused(
+        text in prop_oneof![
+            // Mostly representable...
+            "[0-9]{1,15}(\\.[0-9]{1,12})?([eE][+-]?[0-9]{1,2})?",
+            // ...and often not: too many digits, places or powers of ten.
+            "[0-9]{1,30}(\\.[0-9]{1,30})?([eE][+-]?[0-9]{1,3})?",
+        ]
+    ) {
+        let result = parse_amount(&text);
+        match exact_value(&text) {
+            Some(expected) => {
+                let amount = result.map_err(|e| TestCaseError::fail(format!("{text} refused: {e}")))?;
+                prop_assert_eq!(format_amount(amount), expected, "{}", text);
+            }
+            None => prop_assert!(result.is_err(), "{} accepted as {:?}", text, result),
         }
     }
 

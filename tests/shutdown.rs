@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Daemon, connect, get_transaction, payload, poll_until, post, read_response};
 
@@ -90,11 +90,27 @@ fn an_in_flight_request_finishes_after_sigterm_and_new_connections_are_refused()
 #[test]
 fn a_request_that_never_finishes_does_not_hold_shutdown_past_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path(), &["--shutdown-grace", "1s"]);
+    let daemon = Daemon::start(dir.path(), &["--shutdown-grace", "2s"]);
     let mut stream = in_flight_request(daemon.addr, 100);
     stream.write_all(b"{\"transaction_id\":").unwrap();
+    let signalled = Instant::now();
     daemon.terminate();
-    let (status, stderr) = daemon.wait_exit(Duration::from_secs(10));
+    // The grace period is honoured, and not stretched: exit comes after
+    // it (the request held shutdown that long), and before twice as long.
+    let (status, stderr) = daemon.wait_exit(Duration::from_secs(20));
+    let took = signalled.elapsed();
     assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "exited {took:?} after SIGTERM, before the grace period ended"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "exited {took:?} after SIGTERM with a 2 s grace period"
+    );
+    assert!(
+        stderr.contains("shutdown grace period over"),
+        "no grace period warning: {stderr}"
+    );
     drop(stream);
 }

@@ -1,11 +1,12 @@
 //! Shared by the end-to-end benches: start the real daemon (or a
-//! reference server), drive it with a hyper client load
-//! generator, and print figures as a table.
+//! reference server), drive it with `wrk` or the built-in hyper client
+//! (see [`Client`]), and print figures as a table.
 
 #![allow(dead_code)] // each bench uses part of this
 #![allow(clippy::cast_precision_loss)] // figures for display
 
 pub mod reference;
+pub mod wrk;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -124,11 +125,16 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
 
 /// Result of one load run.
 pub struct LoadResult {
+    /// Answered 202.
     pub accepted: u64,
+    /// Answered with any other status.
     pub other: u64,
+    /// Connections that could not be made or broke (each is reopened), and
+    /// requests that got no answer because of it.
+    pub errors: u64,
     pub elapsed: Duration,
-    /// Latency of accepted requests, microseconds.
-    pub latency: Histogram<u64>,
+    /// Latency of the answers, milliseconds: p50, p99, p99.9, max.
+    pub latency_ms: [f64; 4],
 }
 
 impl LoadResult {
@@ -136,12 +142,20 @@ impl LoadResult {
         self.accepted as f64 / self.elapsed.as_secs_f64()
     }
 
-    pub fn ms(&self, quantile: f64) -> f64 {
-        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    pub fn p50(&self) -> f64 {
+        self.latency_ms[0]
     }
 
-    pub fn max_ms(&self) -> f64 {
-        self.latency.max() as f64 / 1000.0
+    pub fn p99(&self) -> f64 {
+        self.latency_ms[1]
+    }
+
+    pub fn p999(&self) -> f64 {
+        self.latency_ms[2]
+    }
+
+    pub fn max(&self) -> f64 {
+        self.latency_ms[3]
     }
 }
 
@@ -162,7 +176,7 @@ pub fn payload(id: &str) -> String {
 }
 
 /// Load generator threads (`WEBHOOKD_BENCH_LOAD_THREADS`, default 2, as
-/// `wrk -t2` in FACTS.md); the server under test shares the machine.
+/// `wrk -t2`); the server under test shares the machine.
 pub fn load_threads() -> usize {
     env_count("WEBHOOKD_BENCH_LOAD_THREADS", 2)
 }
@@ -176,10 +190,69 @@ fn env_count(name: &str, default: usize) -> usize {
         .max(1)
 }
 
+/// The load generator a bench drives servers with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// `wrk` (Debian's package; `benches/install-wrk.sh`), with
+    /// `benches/wrk/webhooks.lua` for unique ids. A C event loop: it drives
+    /// harder than the built-in client on the same cores.
+    Wrk,
+    /// The built-in hyper client ([`run_load_until`]).
+    Hyper,
+}
+
+impl Client {
+    /// `WEBHOOKD_BENCH_CLIENT=wrk|hyper`; by default `wrk` where it is on
+    /// the `PATH`, else the built-in client.
+    pub fn from_env() -> Client {
+        match std::env::var("WEBHOOKD_BENCH_CLIENT").as_deref() {
+            Ok("wrk") => Client::Wrk,
+            Ok("hyper") => Client::Hyper,
+            Ok(other) => panic!("WEBHOOKD_BENCH_CLIENT={other}: expected wrk or hyper"),
+            Err(_) if on_path("wrk") => Client::Wrk,
+            Err(_) => Client::Hyper,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Wrk => "wrk",
+            Client::Hyper => "built-in hyper client",
+        }
+    }
+
+    /// Drives `addr` with POSTs of unique ids over `connections` keep-alive
+    /// connections until `limit`, calling `each_second` about once a
+    /// second meanwhile. `wrk` runs only for a duration.
+    pub fn drive(
+        self,
+        addr: SocketAddr,
+        connections: usize,
+        seed: u64,
+        limit: Limit,
+        each_second: impl FnMut(),
+    ) -> LoadResult {
+        match (self, limit) {
+            (Client::Hyper, _) => run_load_until(addr, connections, seed, limit, each_second),
+            (Client::Wrk, Limit::Duration(duration)) => {
+                wrk::run(addr, connections, seed, duration, each_second)
+            }
+            (Client::Wrk, Limit::Requests(_)) => {
+                panic!("wrk runs for a duration, not a number of requests")
+            }
+        }
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// Sends `total` POSTs over `connections` keep-alive connections, each
 /// sending its next request as soon as the previous answer arrived.
 pub fn run_load(addr: SocketAddr, connections: usize, total: u64, seed: u64) -> LoadResult {
-    run_load_until(addr, connections, seed, Limit::Requests(total), |_| {})
+    run_load_until(addr, connections, seed, Limit::Requests(total), || {})
 }
 
 /// When a load run stops.
@@ -189,14 +262,16 @@ pub enum Limit {
     Duration(Duration),
 }
 
-/// Like [`run_load`], with a stop condition and a callback every second
-/// (given the number of accepted requests so far).
+/// The built-in client: like [`run_load`], with a stop condition and a
+/// callback every second. A connection that fails is counted in
+/// [`LoadResult::errors`] and opened again, so the number of connections
+/// driving the server stays as asked.
 pub fn run_load_until(
     addr: SocketAddr,
     connections: usize,
     seed: u64,
     limit: Limit,
-    mut each_second: impl FnMut(u64),
+    mut each_second: impl FnMut(),
 ) -> LoadResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(load_threads())
@@ -204,7 +279,6 @@ pub fn run_load_until(
         .build()
         .expect("load runtime");
     let next = Arc::new(AtomicU64::new(0));
-    let accepted = Arc::new(AtomicU64::new(0));
     let (total, deadline) = match limit {
         Limit::Requests(n) => (n, None),
         Limit::Duration(d) => (u64::MAX, Some(d)),
@@ -214,8 +288,7 @@ pub fn run_load_until(
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let next = Arc::clone(&next);
-            let accepted = Arc::clone(&accepted);
-            runtime.spawn(connection(addr, next, accepted, total, seed, stop_at))
+            runtime.spawn(connection(addr, next, total, seed, stop_at))
         })
         .collect();
     let mut last_tick = started;
@@ -223,22 +296,31 @@ pub fn run_load_until(
         std::thread::sleep(Duration::from_millis(20));
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick += Duration::from_secs(1);
-            each_second(accepted.load(Ordering::Relaxed));
+            each_second();
         }
     }
     let elapsed = started.elapsed();
     let mut latency = new_histogram();
-    let mut other = 0;
+    let (mut other, mut errors) = (0, 0);
     for task in tasks {
-        let (histogram, others) = runtime.block_on(task).expect("load task");
-        latency.add(&histogram).expect("same bounds");
-        other += others;
+        let counts = runtime.block_on(task).expect("load task");
+        latency.add(&counts.latency).expect("same bounds");
+        other += counts.other;
+        errors += counts.errors;
     }
+    let ms = |micros: u64| micros as f64 / 1000.0;
     LoadResult {
+        // Every 202 recorded one latency sample.
         accepted: latency.len(),
         other,
+        errors,
         elapsed,
-        latency,
+        latency_ms: [
+            ms(latency.value_at_quantile(0.50)),
+            ms(latency.value_at_quantile(0.99)),
+            ms(latency.value_at_quantile(0.999)),
+            ms(latency.max()),
+        ],
     }
 }
 
@@ -246,56 +328,89 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
 }
 
+/// What one connection task of the built-in client counted.
+struct Counts {
+    /// Latency of each 202, microseconds.
+    latency: Histogram<u64>,
+    other: u64,
+    errors: u64,
+}
+
+/// Consecutive failures after which a connection task gives up (the
+/// server is gone).
+const MAX_CONSECUTIVE_ERRORS: u64 = 100;
+
 async fn connection(
     addr: SocketAddr,
     next: Arc<AtomicU64>,
-    accepted: Arc<AtomicU64>,
     total: u64,
     seed: u64,
     stop_at: Option<Instant>,
-) -> (Histogram<u64>, u64) {
-    let mut histogram = new_histogram();
-    let mut other = 0;
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let _ = stream.set_nodelay(true);
-    let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    let driver = tokio::spawn(driver);
-    loop {
-        if stop_at.is_some_and(|t| Instant::now() >= t) {
-            break;
-        }
-        let n = next.fetch_add(1, Ordering::Relaxed);
-        if n >= total {
-            break;
-        }
-        let id = transaction_id(seed, n);
-        let request = Request::post("/v1/webhooks/transactions")
-            .header(hyper::header::HOST, "bench")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(payload(&id))))
-            .expect("request");
-        if sender.ready().await.is_err() {
-            break;
-        }
-        let sent = Instant::now();
-        let Ok(response) = sender.send_request(request).await else {
-            break;
+) -> Counts {
+    let mut counts = Counts {
+        latency: new_histogram(),
+        other: 0,
+        errors: 0,
+    };
+    let mut consecutive_errors = 0;
+    let stopped = || stop_at.is_some_and(|t| Instant::now() >= t);
+    'connect: while !stopped() && consecutive_errors < MAX_CONSECUTIVE_ERRORS {
+        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+            counts.errors += 1;
+            consecutive_errors += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
         };
-        let status = response.status();
-        let _ = response.into_body().collect().await;
-        if status == StatusCode::ACCEPTED {
-            let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-            histogram.saturating_record(micros.max(1));
-            accepted.fetch_add(1, Ordering::Relaxed);
-        } else {
-            other += 1;
+        let _ = stream.set_nodelay(true);
+        let Ok((mut sender, driver)) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+        else {
+            counts.errors += 1;
+            consecutive_errors += 1;
+            continue;
+        };
+        let driver = tokio::spawn(driver);
+        while !stopped() {
+            if sender.ready().await.is_err() {
+                counts.errors += 1;
+                consecutive_errors += 1;
+                continue 'connect;
+            }
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            if n >= total {
+                break 'connect;
+            }
+            let request = Request::post("/v1/webhooks/transactions")
+                .header(hyper::header::HOST, "bench")
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(payload(&transaction_id(seed, n)))))
+                .expect("request");
+            let sent = Instant::now();
+            let answered = match sender.send_request(request).await {
+                Ok(response) => {
+                    let status = response.status();
+                    response.into_body().collect().await.map(|_| status)
+                }
+                Err(e) => Err(e),
+            };
+            let Ok(status) = answered else {
+                counts.errors += 1;
+                consecutive_errors += 1;
+                continue 'connect;
+            };
+            consecutive_errors = 0;
+            if status == StatusCode::ACCEPTED {
+                let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                counts.latency.saturating_record(micros.max(1));
+            } else {
+                counts.other += 1;
+            }
         }
+        drop(sender);
+        let _ = driver.await;
+        break;
     }
-    drop(sender);
-    let _ = driver.await;
-    (histogram, other)
+    counts
 }
 
 /// Median of a non-empty list.

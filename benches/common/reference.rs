@@ -3,7 +3,8 @@
 //! is this bench binary started again with [`REFERENCE_FLAG`]; each parses
 //! and validates the JSON exactly like webhookd and answers 202.
 //!
-//! - `none`: stores nothing: the HTTP ceiling.
+//! - `none`: stores nothing: the ceiling of the load generator and HTTP
+//!   together on this machine (the client shares its cores).
 //! - `file`: one writer thread copies each batch of bodies into a file
 //!   that was filled with zeros at start-up, in place and in arrival order,
 //!   then `fdatasync`s once per batch and answers the batch: the cheapest
@@ -11,7 +12,8 @@
 //!   metadata change per sync).
 //! - `redb`: one writer thread inserts each batch of bodies into one redb
 //!   table under sequential keys and commits it durably: the floor of any
-//!   design built on redb.
+//!   design built on redb. Its page cache is webhookd's
+//!   ([`webhookd::store::CACHE_BYTES`]), not redb's default of 1 GiB.
 //! - `redb-process`: as `redb`, and each batch also rewrites, in place,
 //!   every stored body accepted at least 1 s before (its last byte set to
 //!   mark it processed): the floor of a redb design that stores and then
@@ -206,7 +208,11 @@ fn redb_sink(
     process_after: Option<Duration>,
 ) -> impl FnMut(&[Pending]) + Send + use<> {
     const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
-    let db = Database::create(path).expect("create floor database");
+    // The page cache webhookd gives redb, so both use the same memory.
+    let db = Database::builder()
+        .set_cache_size(webhookd::store::CACHE_BYTES)
+        .create(path)
+        .expect("create floor database");
     let mut key = 0_u64;
     let mut waiting: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut value = Vec::new();

@@ -1,10 +1,15 @@
 //! One client connection, before and under hyper.
 //!
-//! - A client that opens with the HTTP/2 connection preface (h2c with
-//!   prior knowledge, `curl --http2-prior-knowledge`) is refused the way
-//!   HTTP/2 says to: a `GOAWAY` frame with the error `HTTP_1_1_REQUIRED`,
-//!   then a clean close. webhookd serves HTTP/1.1 only; its limits and
-//!   timeouts are HTTP/1.1's.
+//! - On a TLS socket the handshake comes first, and it must finish by the
+//!   connection's head deadline (`--header-read-timeout` after it was
+//!   accepted): a client that never starts or never finishes one holds its
+//!   slot no longer than one that never sends a head. ALPN then says
+//!   whether the connection speaks HTTP/2 ([`super::http2`]) or HTTP/1.1.
+//! - A client that opens HTTP/1.1 with the HTTP/2 connection preface (h2c
+//!   with prior knowledge, `curl --http2-prior-knowledge`; or over TLS
+//!   without having negotiated `h2`) is refused the way HTTP/2 says to: a
+//!   `GOAWAY` frame with the error `HTTP_1_1_REQUIRED`, then a clean
+//!   close. HTTP/2 is served only over TLS, where ALPN chose it.
 //! - [`ClientIo`] closes a connection whose answers the client has not
 //!   read for `--write-timeout`: a client that pipelines requests and never
 //!   reads would otherwise hold its connection slot, and the memory of its
@@ -18,7 +23,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 /// The first bytes an HTTP/2 client with prior knowledge sends.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -46,20 +53,50 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Most bytes read and dropped from a refused HTTP/2 client.
 const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
 
-/// Reads a new connection's first bytes and returns the connection for
-/// hyper, with those bytes to be read again; `None` if the client sent
-/// nothing within `head_timeout`, the server is shutting down, or it spoke
-/// HTTP/2 and was refused.
+/// Runs the TLS handshake of a new connection; `None` if it failed, did
+/// not finish by `deadline`, or the server is shutting down. Failures are
+/// logged at debug level only: scanners cause them all day long.
+pub(super) async fn handshake(
+    stream: TcpStream,
+    acceptor: &TlsAcceptor,
+    deadline: Instant,
+    mut closing: watch::Receiver<bool>,
+) -> Option<TlsStream<TcpStream>> {
+    tokio::select! {
+        accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => match accepted {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake not finished within --header-read-timeout");
+                None
+            }
+        },
+        _ = closing.wait_for(|closing| *closing) => None,
+    }
+}
+
+/// Whether the client chose HTTP/2 through ALPN.
+pub(super) fn negotiated_h2(stream: &TlsStream<TcpStream>) -> bool {
+    stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2)
+}
+
+/// Reads a new HTTP/1.1 connection's first bytes and returns the
+/// connection for hyper, with those bytes to be read again; `None` if the
+/// client sent nothing by `deadline`, the server is shutting down, or it
+/// spoke HTTP/2 and was refused.
 ///
 /// A client that sends a prefix of the HTTP/2 preface and then something
-/// else gets `head_timeout` here and again from hyper for its head: still
-/// bounded.
-pub(super) async fn open(
-    mut stream: TcpStream,
-    head_timeout: Duration,
+/// else has until `deadline` here and `--header-read-timeout` again from
+/// hyper for its head: still bounded.
+pub(super) async fn open<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    deadline: Instant,
     write_timeout: Duration,
     mut closing: watch::Receiver<bool>,
-) -> Option<ClientIo> {
+) -> Option<ClientIo<S>> {
     let mut first = vec![0; FIRST_READ_BYTES];
     let mut filled = 0;
     let sniff = async {
@@ -76,7 +113,7 @@ pub(super) async fn open(
         }
     };
     let is_h2 = tokio::select! {
-        sniffed = tokio::time::timeout(head_timeout, sniff) => match sniffed {
+        sniffed = tokio::time::timeout_at(deadline, sniff) => match sniffed {
             Ok(Ok(is_h2)) => is_h2,
             Ok(Err::<_, io::Error>(_)) | Err(_) => return None,
         },
@@ -87,18 +124,14 @@ pub(super) async fn open(
         return None;
     }
     first.truncate(filled);
-    Some(ClientIo {
-        stream,
-        replay: first,
-        replayed: 0,
-        write_timeout,
-        stalled: None,
-    })
+    let mut io = ClientIo::new(stream, write_timeout);
+    io.replay = first;
+    Some(io)
 }
 
 /// Sends the refusal and closes cleanly (see [`REFUSAL_LINGER`]).
-async fn refuse_h2(mut stream: TcpStream) {
-    tracing::debug!("refused an HTTP/2 connection: only HTTP/1.1 is served");
+async fn refuse_h2<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+    tracing::debug!("refused an HTTP/2 connection: HTTP/2 is served only over TLS, chosen by ALPN");
     let linger = async {
         stream.write_all(H2_REFUSAL).await?;
         stream.shutdown().await?;
@@ -115,11 +148,12 @@ async fn refuse_h2(mut stream: TcpStream) {
     let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
 }
 
-/// A client's TCP stream as hyper reads and writes it: first the bytes
-/// [`open`] read, then the stream; a write that cannot make progress for
-/// `write_timeout` fails with `TimedOut`, which ends the connection.
-pub(super) struct ClientIo {
-    stream: TcpStream,
+/// A client's stream (TCP, or TLS over it) as hyper reads and writes it:
+/// first the bytes [`open`] read, then the stream; a write that cannot
+/// make progress for `write_timeout` fails with `TimedOut`, which ends the
+/// connection.
+pub(super) struct ClientIo<S> {
+    stream: S,
     replay: Vec<u8>,
     replayed: usize,
     write_timeout: Duration,
@@ -127,7 +161,18 @@ pub(super) struct ClientIo {
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
-impl ClientIo {
+impl<S> ClientIo<S> {
+    /// `stream` with nothing to replay.
+    pub(super) fn new(stream: S, write_timeout: Duration) -> Self {
+        ClientIo {
+            stream,
+            replay: Vec::new(),
+            replayed: 0,
+            write_timeout,
+            stalled: None,
+        }
+    }
+
     /// After a write returned `Pending`: `Pending` while the deadline has
     /// not passed (the timer wakes the task when it does), else the error.
     fn stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
@@ -159,7 +204,7 @@ impl ClientIo {
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -181,7 +226,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

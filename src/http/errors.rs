@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::untrusted;
 use crate::model::PayloadError;
+use crate::payload_map::Rejection as MapRejection;
 use crate::store::writer::WriteError;
 
 /// `Retry-After` on every 503, in seconds.
@@ -51,6 +52,8 @@ pub(super) enum ApiError {
     NotFound(&'static str),
     MethodNotAllowed(&'static str),
     Conflict,
+    /// 409 for an admin request the transaction's state refuses.
+    ConflictState(&'static str),
     /// The limit in bytes (`--max-body-bytes`).
     PayloadTooLarge(u64),
     /// The body came in more pieces than the limit given.
@@ -68,6 +71,8 @@ pub(super) enum ApiError {
     },
     BodyTimeout(Duration),
     InvalidSignature(&'static str),
+    /// An admin route without the admin token (never quoting what was sent).
+    Unauthorized(&'static str),
 }
 
 #[derive(Serialize)]
@@ -93,6 +98,27 @@ impl From<PayloadError> for ApiError {
             },
         }
     }
+}
+
+impl From<MapRejection> for ApiError {
+    fn from(e: MapRejection) -> Self {
+        match e {
+            MapRejection::InvalidJson(message) => ApiError::InvalidJson(message),
+            MapRejection::InvalidField { field, message } => ApiError::InvalidField {
+                field: Cow::Borrowed(field),
+                message,
+            },
+        }
+    }
+}
+
+/// The status and body the API answers a body the payload map refuses
+/// with (what `webhookd check-map` prints, too).
+#[must_use]
+pub fn rejection_answer(rejection: MapRejection) -> (StatusCode, Vec<u8>) {
+    let error = ApiError::from(rejection);
+    let (status, code, message, field) = error.parts();
+    (status, error_body(code, &message, field))
 }
 
 impl From<&WriteError> for ApiError {
@@ -121,7 +147,39 @@ impl ApiError {
     }
 
     pub(super) fn response(&self) -> Response<Full<Bytes>> {
-        let (status, code, message, field) = match self {
+        let (status, code, message, field) = self.parts();
+        let mut response = json_bytes(status, error_body(code, &message, field));
+        let detail = match self {
+            ApiError::Unavailable { detail, .. } => detail.clone(),
+            _ => None,
+        };
+        response.extensions_mut().insert(Rejection {
+            code,
+            // Escaped as in the body: it goes to the log.
+            message: untrusted::escape(&message).into_owned(),
+            detail,
+        });
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unavailable { .. } => response = with_retry_after(response),
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"webhookd admin\""),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+
+    /// Status, code, message (not yet escaped) and field of the answer.
+    fn parts(&self) -> (StatusCode, &'static str, String, Option<&str>) {
+        match self {
             ApiError::InvalidJson(m) => (StatusCode::BAD_REQUEST, "invalid_json", m.clone(), None),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", (*m).to_owned(), None),
             ApiError::MethodNotAllowed(allow) => (
@@ -135,6 +193,12 @@ impl ApiError {
                 "conflict",
                 "a transaction with this transaction_id and different fields is already stored"
                     .to_owned(),
+                None,
+            ),
+            ApiError::ConflictState(message) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                (*message).to_owned(),
                 None,
             ),
             ApiError::PayloadTooLarge(limit) => (
@@ -175,6 +239,12 @@ impl ApiError {
                 format!("webhook signature rejected: {reason}"),
                 None,
             ),
+            ApiError::Unauthorized(reason) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                (*reason).to_owned(),
+                None,
+            ),
             ApiError::BodyTimeout(limit) => (
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
@@ -184,40 +254,23 @@ impl ApiError {
                 ),
                 None,
             ),
-        };
-        // Every message may quote what a client sent; none may carry a
-        // line break or a control character into a log or a terminal.
-        let message = untrusted::escape(&message).into_owned();
-        let mut response = json(
-            status,
-            &ErrorBody {
-                error: ErrorDetail {
-                    code,
-                    message: &message,
-                    field: field.map(untrusted::escape).as_deref(),
-                },
-            },
-        );
-        let detail = match self {
-            ApiError::Unavailable { detail, .. } => detail.clone(),
-            _ => None,
-        };
-        response.extensions_mut().insert(Rejection {
-            code,
-            message,
-            detail,
-        });
-        match self {
-            ApiError::MethodNotAllowed(allow) => {
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(allow));
-            }
-            ApiError::Unavailable { .. } => response = with_retry_after(response),
-            _ => {}
         }
-        response
     }
+}
+
+/// `{"error":{"code","message","field"?}}`. Every message may quote what a
+/// client sent; none may carry a line break or a control character into a
+/// log or a terminal, so message and field are escaped here.
+fn error_body(code: &'static str, message: &str, field: Option<&str>) -> Vec<u8> {
+    // Invariant: a struct of strings always serialises.
+    serde_json::to_vec(&ErrorBody {
+        error: ErrorDetail {
+            code,
+            message: &untrusted::escape(message),
+            field: field.map(untrusted::escape).as_deref(),
+        },
+    })
+    .expect("an error body always serialises")
 }
 
 pub(super) fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {

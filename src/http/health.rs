@@ -131,10 +131,19 @@ struct Health {
     current_time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    /// With `--deliver-to`: `paused` while the breaker holds delivery, else `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery: Option<&'static str>,
 }
 
 /// `200 HEALTHY`, or `503 UNHEALTHY` with a short reason and `Retry-After`.
-pub(super) async fn health(check: &HealthCheck, writer: &WriterHandle) -> Response<Full<Bytes>> {
+/// A paused delivery (`delivery_paused`, with `--deliver-to`) is reported
+/// but is not unhealthy: webhooks are still accepted.
+pub(super) async fn health(
+    check: &HealthCheck,
+    writer: &WriterHandle,
+    delivery_paused: Option<bool>,
+) -> Response<Full<Bytes>> {
     let failure = check.probe_failure(writer).await.or_else(|| {
         // Still unhealthy if real writes failed just now: a tiny probe can
         // fit on a disk that refuses the records themselves. The writer
@@ -149,6 +158,7 @@ pub(super) async fn health(check: &HealthCheck, writer: &WriterHandle) -> Respon
         },
         current_time: format_time(now_ms()),
         reason: failure,
+        delivery: delivery_paused.map(|paused| if paused { "paused" } else { "ok" }),
     };
     match failure {
         None => json(StatusCode::OK, &body),

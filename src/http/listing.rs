@@ -20,7 +20,7 @@ use super::errors::{ApiError, json_bytes};
 use super::untrusted;
 use crate::model::Status;
 use crate::store::{ListQuery, MAX_PAGE};
-use crate::view::transaction_json;
+use crate::view::{delivered_json, transaction_json};
 
 /// Page size when `limit` is not given.
 pub const DEFAULT_PAGE: usize = 50;
@@ -35,6 +35,13 @@ pub(super) async fn list(state: &AppState, query: Option<&str>) -> Response<Full
         Err(e) => return e.response(),
     };
     let store = state.store.clone();
+    if state.delivery.is_some() {
+        return match tokio::task::spawn_blocking(move || store.list_with_delivery(&query)).await {
+            Ok(Ok((views, next))) => page_json(views.iter().map(delivered_json), next),
+            Ok(Err(e)) => ApiError::read_failed(format!("listing read failed: {e}")).response(),
+            Err(e) => ApiError::read_failed(format!("listing read task failed: {e}")).response(),
+        };
+    }
     let page = match tokio::task::spawn_blocking(move || store.list(&query)).await {
         Ok(Ok(page)) => page,
         Ok(Err(e)) => return ApiError::read_failed(format!("listing read failed: {e}")).response(),
@@ -42,16 +49,24 @@ pub(super) async fn list(state: &AppState, query: Option<&str>) -> Response<Full
             return ApiError::read_failed(format!("listing read task failed: {e}")).response();
         }
     };
-    let mut body = Vec::with_capacity(64 + page.transactions.len() * 256);
+    page_json(page.transactions.iter().map(transaction_json), page.next)
+}
+
+/// `{"transactions":[…],"next_cursor":…}` of transactions already in JSON.
+fn page_json(
+    transactions: impl Iterator<Item = Vec<u8>>,
+    next: Option<u64>,
+) -> Response<Full<Bytes>> {
+    let mut body = Vec::with_capacity(64 * 1024);
     body.extend_from_slice(b"{\"transactions\":[");
-    for (i, record) in page.transactions.iter().enumerate() {
+    for (i, transaction) in transactions.enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(&transaction_json(record));
+        body.extend_from_slice(&transaction);
     }
     body.extend_from_slice(b"],\"next_cursor\":");
-    match page.next {
+    match next {
         Some(log_key) => {
             body.push(b'"');
             body.extend_from_slice(encode_cursor(log_key).as_bytes());
@@ -100,10 +115,11 @@ fn parse_query(raw: &str) -> Result<ListQuery, ApiError> {
                 query.status = Some(match value.as_ref() {
                     "PROCESSING" => Status::Processing,
                     "PROCESSED" => Status::Processed,
+                    "FAILED" => Status::Failed,
                     _ => {
                         return Err(invalid_parameter(
                             "status",
-                            "must be PROCESSING or PROCESSED",
+                            "must be PROCESSING, PROCESSED or FAILED",
                         ));
                     }
                 });

@@ -18,22 +18,36 @@ use serde::Serialize;
 
 use super::body::{self, BodyError};
 use super::errors::{AboutTransaction, ApiError, Rejection, close_connection, json, json_bytes};
-use super::{AppState, health, listing, untrusted};
+use super::original::{self, Include};
+use super::{AppState, Face, access, delivery, health, listing, mapped, openapi, untrusted};
 use crate::clock::now_ms;
 use crate::metrics::{Format, Route, WebhookOutcome};
 use crate::model;
+use crate::store::Store;
 use crate::store::writer::AcceptOutcome;
-use crate::view::transaction_json;
+use crate::view::{delivered_json, transaction_json, transaction_json_with_payload};
 
 const WEBHOOKS_PATH: &str = "/v1/webhooks/transactions";
 const TRANSACTIONS_PATH: &str = "/v1/transactions";
 const TRANSACTIONS_PREFIX: &str = "/v1/transactions/";
 const METRICS_PATH: &str = "/metrics";
+const OPENAPI_PATH: &str = "/openapi.json";
 
 /// Routes the request, then counts and logs it.
-pub(super) async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(super) async fn handle(
+    state: &AppState,
+    face: Face,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let route = route_of(request.uri().path());
+    let route = match route_of(request.uri().path()) {
+        // Another socket's route is unknown here.
+        Route::Webhooks if face == Face::Admin => Route::Unknown,
+        route if face == Face::Public && access::exposure(route) == access::Exposure::Admin => {
+            Route::Unknown
+        }
+        route => route,
+    };
     let access = state
         .access_log
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
@@ -89,8 +103,11 @@ fn route_of(path: &str) -> Route {
         "/" => Route::Health,
         WEBHOOKS_PATH => Route::Webhooks,
         METRICS_PATH => Route::Metrics,
+        OPENAPI_PATH => Route::OpenApi,
         TRANSACTIONS_PATH => Route::Transactions,
-        _ if path.starts_with(TRANSACTIONS_PREFIX) => Route::Transaction,
+        delivery::REDELIVERIES_PATH => Route::Redeliveries,
+        _ if path.starts_with(delivery::REDELIVERIES_PREFIX) => Route::Redelivery,
+        _ if path.starts_with(TRANSACTIONS_PREFIX) => delivery::transaction_route(path),
         _ => Route::Unknown,
     }
 }
@@ -100,10 +117,14 @@ async fn dispatch(
     route: Route,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    if let Err(refused) = access::authorize(state, route, request.headers()) {
+        return refused.response();
+    }
     let method = request.method();
     match route {
         Route::Health if method == Method::GET => {
-            health::health(&state.health, &state.writer).await
+            let delivery = state.delivery.as_ref().map(|d| d.status.paused());
+            health::health(&state.health, &state.writer, delivery).await
         }
         Route::Webhooks if method == Method::POST => match receive(state, request).await {
             Ok(response) | Err(response) => response,
@@ -113,17 +134,37 @@ async fn dispatch(
             let format = Format::negotiate(accept.and_then(|v| v.to_str().ok()));
             metrics(state, format).await
         }
+        Route::OpenApi if method == Method::GET => openapi::document(),
         Route::Transaction if method == Method::GET => {
             let raw_id = request.uri().path()[TRANSACTIONS_PREFIX.len()..].to_owned();
-            status(state, &raw_id).await
+            match original::parse_query(request.uri().query()) {
+                Ok(include) => status(state, &raw_id, include).await,
+                Err(e) => e.response(),
+            }
         }
         Route::Transactions if method == Method::GET => {
             listing::list(state, request.uri().query()).await
         }
-        Route::Health | Route::Metrics | Route::Transaction | Route::Transactions => {
-            ApiError::MethodNotAllowed("GET").response()
+        Route::Attempts if method == Method::GET => {
+            delivery::attempts(state, delivery::id_segment(request.uri().path())).await
         }
-        Route::Webhooks => ApiError::MethodNotAllowed("POST").response(),
+        Route::Redeliver if method == Method::POST => {
+            delivery::redeliver(state, delivery::id_segment(request.uri().path())).await
+        }
+        Route::Redeliveries if method == Method::POST => delivery::create(state, request).await,
+        Route::Redelivery if method == Method::GET => {
+            delivery::progress(state, request.uri().path()).await
+        }
+        Route::Health
+        | Route::Metrics
+        | Route::OpenApi
+        | Route::Transaction
+        | Route::Transactions
+        | Route::Attempts
+        | Route::Redelivery => ApiError::MethodNotAllowed("GET").response(),
+        Route::Webhooks | Route::Redeliver | Route::Redeliveries => {
+            ApiError::MethodNotAllowed("POST").response()
+        }
         Route::Unknown => ApiError::NotFound("no such path").response(),
     }
 }
@@ -134,8 +175,22 @@ async fn dispatch(
 async fn metrics(state: &AppState, format: Format) -> Response<Full<Bytes>> {
     let reader = state.store.clone();
     let now = now_ms();
-    let jobs = match tokio::task::spawn_blocking(move || reader.job_stats(now)).await {
-        Ok(Ok(figures)) => figures,
+    let delivers = state.delivery.is_some();
+    let read = move || {
+        let failed = if delivers {
+            Some(reader.failed_count()?)
+        } else {
+            None
+        };
+        Ok::<_, crate::store::StoreError>((reader.job_stats(now)?, failed))
+    };
+    let jobs = match tokio::task::spawn_blocking(read).await {
+        Ok(Ok((figures, failed))) => {
+            if let Some(failed) = failed {
+                state.metrics.set_failed(failed);
+            }
+            figures
+        }
         Ok(Err(e)) => {
             return ApiError::read_failed(format!("job gauges read failed: {e}")).response();
         }
@@ -168,7 +223,8 @@ struct Accepted<'a> {
 }
 
 /// Checks run in the documented order: 415, 413, 401 (when signatures are
-/// on; over the raw body, before parsing), 400, 422, then the write.
+/// on; over the raw body, before parsing), 400, 422 (or, with a payload
+/// map, 200 for an event it does not take), then the write.
 async fn receive(
     state: &AppState,
     request: Request<Incoming>,
@@ -211,7 +267,17 @@ async fn receive(
             .verify(&headers, &body, now)
             .map_err(|rejection| ApiError::InvalidSignature(rejection.0).response())?;
     }
-    let transaction = model::parse_payload(&body).map_err(|e| ApiError::from(e).response())?;
+    // Without a payload map: webhookd's own shape, and nothing else kept.
+    let (transaction, original) = match &state.payload_map {
+        None => (
+            model::parse_payload(&body).map_err(|e| ApiError::from(e).response())?,
+            None,
+        ),
+        Some(map) => match mapped::map(state, map, &headers, body) {
+            mapped::Outcome::Store(transaction, original) => (transaction, Some(original)),
+            mapped::Outcome::Answer(response) => return Err(response),
+        },
+    };
     let id = transaction.transaction_id.clone();
     let about = |mut response: Response<Full<Bytes>>| {
         response
@@ -219,11 +285,16 @@ async fn receive(
             .insert(AboutTransaction(id.clone()));
         response
     };
-    let outcome = state
-        .writer
-        .accept(transaction)
-        .await
-        .map_err(|e| about(ApiError::from(&e).response()))?;
+    let outcome = match original {
+        None => state.writer.accept(transaction).await,
+        Some(original) => {
+            state
+                .writer
+                .accept_with_original(transaction, original)
+                .await
+        }
+    }
+    .map_err(|e| about(ApiError::from(&e).response()))?;
     let (status, duplicate) = match outcome {
         // Counted as accepted by the writer, once committed: also when
         // this client is gone before its answer.
@@ -251,7 +322,7 @@ async fn receive(
 }
 
 /// `application/json`, any case, parameters (`; charset=utf-8`) allowed.
-fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
+pub(super) fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
     let Some(Ok(value)) = value.map(HeaderValue::to_str) else {
         return false;
     };
@@ -261,7 +332,7 @@ fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
 
 // --- GET /v1/transactions/{id} -------------------------------------------
 
-async fn status(state: &AppState, raw_id: &str) -> Response<Full<Bytes>> {
+async fn status(state: &AppState, raw_id: &str, include: Include) -> Response<Full<Bytes>> {
     // Ids are UTF-8 by validation, so a path that does not decode to UTF-8
     // cannot name a stored transaction.
     let Ok(id) = percent_encoding::percent_decode_str(raw_id).decode_utf8() else {
@@ -272,8 +343,47 @@ async fn status(state: &AppState, raw_id: &str) -> Response<Full<Bytes>> {
     }
     let id = id.into_owned();
     let store = state.store.clone();
+    if include.payload {
+        return with_payload(store, id).await;
+    }
+    if state.delivery.is_some() {
+        return match tokio::task::spawn_blocking(move || store.delivery_view(&id)).await {
+            Ok(Ok(Some(view))) => json_bytes(StatusCode::OK, delivered_json(&view)),
+            Ok(Ok(None)) => ApiError::NotFound("no such transaction").response(),
+            Ok(Err(e)) => ApiError::read_failed(format!("transaction read failed: {e}")).response(),
+            Err(e) => {
+                ApiError::read_failed(format!("transaction read task failed: {e}")).response()
+            }
+        };
+    }
     match tokio::task::spawn_blocking(move || store.get(&id)).await {
         Ok(Ok(Some(record))) => json_bytes(StatusCode::OK, transaction_json(&record)),
+        Ok(Ok(None)) => ApiError::NotFound("no such transaction").response(),
+        Ok(Err(e)) => ApiError::read_failed(format!("transaction read failed: {e}")).response(),
+        Err(e) => ApiError::read_failed(format!("transaction read task failed: {e}")).response(),
+    }
+}
+
+/// `?include=payload`: the transaction and the body it arrived with.
+async fn with_payload(store: Store, id: String) -> Response<Full<Bytes>> {
+    match tokio::task::spawn_blocking(move || store.get_with_original(&id)).await {
+        Ok(Ok(Some((record, original)))) => {
+            let payload = match &original {
+                None => None,
+                Some(original) => match std::str::from_utf8(&original.body) {
+                    Ok(body) => Some((original.content_type.as_str(), body)),
+                    // Decoding checks this; only damage gets here.
+                    Err(e) => {
+                        return ApiError::read_failed(format!("original body read failed: {e}"))
+                            .response();
+                    }
+                },
+            };
+            json_bytes(
+                StatusCode::OK,
+                transaction_json_with_payload(&record, payload),
+            )
+        }
         Ok(Ok(None)) => ApiError::NotFound("no such transaction").response(),
         Ok(Err(e)) => ApiError::read_failed(format!("transaction read failed: {e}")).response(),
         Err(e) => ApiError::read_failed(format!("transaction read task failed: {e}")).response(),

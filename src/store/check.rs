@@ -2,15 +2,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::read::{Snapshot, for_each_in};
 use super::schema::{
-    ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG_BY_PROCESSED_AT,
+    ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
     LOG_BY_STATUS, ROWS_INDEXED_UPTO_KEY, status_key,
 };
 use super::tail::JobsPick;
-use super::{Job, Store, StoreError};
+use super::{Job, Progress, Store, StoreError};
 use crate::model::Status;
 
 /// What [`Store::check`] found.
@@ -22,8 +22,12 @@ pub struct CheckReport {
     pub processing: u64,
     /// Of which PROCESSED.
     pub processed: u64,
+    /// Of which FAILED (delivery gave up).
+    pub failed: u64,
     /// Pending jobs: rows and the log's tail.
     pub pending_jobs: usize,
+    /// Original bodies kept (`--payload-map`).
+    pub original_bodies: u64,
     /// Every inconsistency, one sentence each; empty when all is well.
     pub problems: Vec<String>,
 }
@@ -38,39 +42,21 @@ impl Store {
     /// every record up to the id merge's watermark and every tombstone
     /// under its id's hash and holds nothing else; a tombstone stands where
     /// no record is; the listing and retention indexes hold exactly one
-    /// matching row per transaction they cover.
-    pub fn check(&self) -> Result<CheckReport, StoreError> {
+    /// matching row per transaction they cover; every original body
+    /// belongs to a stored transaction and decodes.
+    ///
+    /// Reports one stage to `progress`, a step per row of the log and of
+    /// the job, id, listing and retention indexes.
+    pub fn check(&self, progress: &dyn Progress) -> Result<CheckReport, StoreError> {
         let (snapshot, tail_jobs) = self.snapshot_with_tail_jobs(JobsPick::All)?;
+        progress.start(
+            "checking the log and its indexes",
+            rows_to_check(&snapshot)?,
+        );
         let mut report = CheckReport::default();
-        // log key → (id, status, processed_at) of every decodable record.
-        let mut records: HashMap<u64, Checked> = HashMap::new();
-        let mut key_of_id: HashMap<String, u64> = HashMap::new();
+        let (records, undecodable) = read_records(&snapshot, progress, &mut report)?;
         let problems = &mut report.problems;
-        for_each_in(&snapshot, |key, record| {
-            report.transactions += 1;
-            match record {
-                Ok(record) => {
-                    let id = record.transaction.transaction_id;
-                    if record.status == Status::Processing {
-                        report.processing += 1;
-                    } else {
-                        report.processed += 1;
-                        if record.processed_at_ms.is_none() {
-                            problems.push(format!("{id:?} is PROCESSED without processed_at"));
-                        }
-                    }
-                    if let Some(other) = key_of_id.insert(id.clone(), key) {
-                        problems.push(format!(
-                            "{id:?} is stored twice (log keys {other} and {key})"
-                        ));
-                    }
-                    records.insert(key, (id, record.status, record.processed_at_ms));
-                }
-                Err(e) => problems.push(format!("record at log key {key} does not decode: {e}")),
-            }
-            true
-        })?;
-        let mut jobs: Vec<Job> = keys(&snapshot, JOBS_BY_DUE)?
+        let mut jobs: Vec<Job> = keys(&snapshot, JOBS_BY_DUE, progress)?
             .into_iter()
             .map(|(due_ms, log_key)| Job { due_ms, log_key })
             .collect();
@@ -85,7 +71,7 @@ impl Store {
                 ));
             }
         }
-        let ids = keys(&snapshot, ID_HASHES)?;
+        let ids = keys(&snapshot, ID_HASHES, progress)?;
         let in_ids = check_id_rows(
             &records,
             &tombstones,
@@ -98,9 +84,21 @@ impl Store {
                 problems.push(format!("tombstone of {id:?} is missing from the id index"));
             }
         }
-        let listed = check_listing_rows(&records, &keys(&snapshot, LOG_BY_STATUS)?, problems);
-        let retained =
-            check_retention_rows(&records, &keys(&snapshot, LOG_BY_PROCESSED_AT)?, problems);
+        let listed = check_listing_rows(
+            &records,
+            &keys(&snapshot, LOG_BY_STATUS, progress)?,
+            problems,
+        );
+        let retained = check_retention_rows(
+            &records,
+            &keys(&snapshot, LOG_BY_PROCESSED_AT, progress)?,
+            problems,
+        );
+        report.original_bodies = super::payloads::check(
+            &snapshot,
+            &|key| records.contains_key(&key) || undecodable.contains(&key),
+            problems,
+        )?;
         let ids_upto = snapshot.watermark(IDS_INDEXED_UPTO_KEY)?;
         let rows_upto = snapshot.watermark(ROWS_INDEXED_UPTO_KEY)?;
         for (key, (id, status, _)) in &records {
@@ -112,7 +110,7 @@ impl Store {
             }
             // A PROCESSING entry after the rows watermark gets its listing
             // row with its job's, in the writer's next rows merge.
-            let listing_row_due = *key <= rows_upto || *status == Status::Processed;
+            let listing_row_due = *key <= rows_upto || *status != Status::Processing;
             if listing_row_due && !listed.contains(key) {
                 problems.push(format!("{id:?} is missing from the listing index"));
             }
@@ -120,18 +118,39 @@ impl Store {
                 problems.push(format!("{id:?} is missing from the retention index"));
             }
         }
+        progress.finish();
         Ok(report)
     }
 }
 
-/// Every key of a table whose rows are keys alone.
-fn keys<K>(snapshot: &Snapshot, table: TableDefinition<K, ()>) -> Result<Vec<K>, StoreError>
+/// The rows [`Store::check`] reads one by one: the log's and those of the
+/// job, id, listing and retention indexes (redb keeps each length).
+fn rows_to_check(snapshot: &Snapshot) -> Result<u64, StoreError> {
+    [
+        snapshot.table(LOG)?.len(),
+        snapshot.table(JOBS_BY_DUE)?.len(),
+        snapshot.table(ID_HASHES)?.len(),
+        snapshot.table(LOG_BY_STATUS)?.len(),
+        snapshot.table(LOG_BY_PROCESSED_AT)?.len(),
+    ]
+    .into_iter()
+    .map(|len| len.map_err(StoreError::storage))
+    .sum()
+}
+
+/// Every key of a table whose rows are keys alone; a step per row.
+fn keys<K>(
+    snapshot: &Snapshot,
+    table: TableDefinition<K, ()>,
+    progress: &dyn Progress,
+) -> Result<Vec<K>, StoreError>
 where
     K: redb::Key + 'static + for<'a> redb::Value<SelfType<'a> = K>,
 {
     let mut keys = Vec::new();
     for row in snapshot.table(table)?.iter().map_err(StoreError::storage)? {
         keys.push(row.map_err(StoreError::storage)?.0.value());
+        progress.advance(1);
     }
     Ok(keys)
 }
@@ -242,4 +261,53 @@ fn check_retention_rows(
         }
     }
     retained
+}
+
+/// Every record of the log, counted into `report` (and its problems):
+/// log key → (id, status, `processed_at`) of each one that decodes, and
+/// the log keys of those that do not.
+fn read_records(
+    snapshot: &Snapshot,
+    progress: &dyn Progress,
+    report: &mut CheckReport,
+) -> Result<(HashMap<u64, Checked>, HashSet<u64>), StoreError> {
+    let mut records: HashMap<u64, Checked> = HashMap::new();
+    let mut key_of_id: HashMap<String, u64> = HashMap::new();
+    let mut undecodable: HashSet<u64> = HashSet::new();
+    let problems = &mut report.problems;
+    for_each_in(snapshot, progress, |key, record| {
+        report.transactions += 1;
+        match record {
+            Ok(record) => {
+                let id = record.transaction.transaction_id;
+                match record.status {
+                    Status::Processing => report.processing += 1,
+                    Status::Processed => {
+                        report.processed += 1;
+                        if record.processed_at_ms.is_none() {
+                            problems.push(format!("{id:?} is PROCESSED without processed_at"));
+                        }
+                    }
+                    Status::Failed => {
+                        report.failed += 1;
+                        if record.delivery.failed_at_ms.is_none() {
+                            problems.push(format!("{id:?} is FAILED without failed_at"));
+                        }
+                    }
+                }
+                if let Some(other) = key_of_id.insert(id.clone(), key) {
+                    problems.push(format!(
+                        "{id:?} is stored twice (log keys {other} and {key})"
+                    ));
+                }
+                records.insert(key, (id, record.status, record.processed_at_ms));
+            }
+            Err(e) => {
+                undecodable.insert(key);
+                problems.push(format!("record at log key {key} does not decode: {e}"));
+            }
+        }
+        true
+    })?;
+    Ok((records, undecodable))
 }

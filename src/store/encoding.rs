@@ -1,8 +1,12 @@
 //! How a [`Record`] is laid out in the `log` table.
 //!
 //! Every value starts with a one-byte format version, followed by the
-//! bincode (standard config) encoding of that version's struct. Version 3
-//! (written today) is version 2 plus the time processing falls due, so the
+//! bincode (standard config) encoding of that version's struct. Version 4
+//! is version 3 plus where delivery to `--deliver-to` stands (attempts,
+//! schedule position, last error, `failed_at`); it is written only for a
+//! record whose delivery has begun, so a daemon without `--deliver-to`
+//! writes exactly what it wrote before. Version 3 is version 2 plus the
+//! time processing falls due, so the
 //! jobs of the log's tail can be rebuilt from the log alone (see
 //! [`super::writer`]). Version 2 carries the transaction id, since the `log`
 //! table is keyed by arrival, not by id; it is still read as it is.
@@ -12,9 +16,12 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Currency, NewTransaction, Record, Status};
+use crate::model::{Currency, Delivery, NewTransaction, Record, Status};
 
-/// Version byte of the layout written today.
+/// Version byte of the layout written for a record whose delivery has begun.
+pub const RECORD_VERSION_4: u8 = 4;
+
+/// Version byte of the layout written for every other record.
 pub const RECORD_VERSION: u8 = 3;
 
 /// Version byte of schema 2's layout (no due time).
@@ -50,6 +57,26 @@ struct RecordV3 {
     created_at_ms: u64,
     processed_at_ms: Option<u64>,
     due_at_ms: Option<u64>,
+}
+
+/// Layout version 4, as written: version 3 and the delivery fields.
+#[derive(Serialize)]
+struct RecordV4Ref<'a> {
+    base: RecordV3Ref<'a>,
+    attempts: u32,
+    schedule_pos: u32,
+    last_error: Option<&'a str>,
+    failed_at_ms: Option<u64>,
+}
+
+/// Layout version 4, as read. Field order must match [`RecordV4Ref`].
+#[derive(Deserialize)]
+struct RecordV4 {
+    base: RecordV3,
+    attempts: u32,
+    schedule_pos: u32,
+    last_error: Option<String>,
+    failed_at_ms: Option<u64>,
 }
 
 /// Layout version 2, as read: version 3 without the due time.
@@ -104,9 +131,19 @@ pub struct State {
 
 /// Encodes a record into `out` (cleared first), ready to store in the log.
 pub fn encode_into(transaction: &NewTransaction, state: State, out: &mut Vec<u8>) {
+    encode_with_delivery(transaction, state, &Delivery::default(), out);
+}
+
+/// [`encode_into`] with where delivery stands: version 4 once delivery has
+/// begun (or the record is FAILED), else version 3.
+pub fn encode_with_delivery(
+    transaction: &NewTransaction,
+    state: State,
+    delivery: &Delivery,
+    out: &mut Vec<u8>,
+) {
     out.clear();
-    out.push(RECORD_VERSION);
-    let value = RecordV3Ref {
+    let base = RecordV3Ref {
         transaction_id: &transaction.transaction_id,
         source_account: &transaction.source_account,
         destination_account: &transaction.destination_account,
@@ -118,8 +155,21 @@ pub fn encode_into(transaction: &NewTransaction, state: State, out: &mut Vec<u8>
         due_at_ms: state.due_at_ms,
     };
     // Invariant: encoding plain fields into a Vec cannot fail.
-    bincode::serde::encode_into_std_write(&value, out, bincode::config::standard())
-        .expect("encoding a record into memory cannot fail");
+    let written = if *delivery == Delivery::default() && state.status != Status::Failed {
+        out.push(RECORD_VERSION);
+        bincode::serde::encode_into_std_write(&base, out, bincode::config::standard())
+    } else {
+        out.push(RECORD_VERSION_4);
+        let value = RecordV4Ref {
+            base,
+            attempts: delivery.attempts,
+            schedule_pos: delivery.schedule_pos,
+            last_error: delivery.last_error.as_deref(),
+            failed_at_ms: delivery.failed_at_ms,
+        };
+        bincode::serde::encode_into_std_write(&value, out, bincode::config::standard())
+    };
+    written.expect("encoding a record into memory cannot fail");
 }
 
 /// The version byte and the bytes after it.
@@ -169,26 +219,38 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 /// [`DecodeError`] if the value is from an unknown layout or damaged.
 pub fn decode_with_due(bytes: &[u8]) -> Result<(Record, Option<u64>), DecodeError> {
     match split_version(bytes)? {
-        (RECORD_VERSION, rest) => {
-            let value: RecordV3 = body(rest)?;
-            let due = value.due_at_ms;
-            Ok((
-                into_record(RecordV2 {
-                    transaction_id: value.transaction_id,
-                    source_account: value.source_account,
-                    destination_account: value.destination_account,
-                    amount: value.amount,
-                    currency: value.currency,
-                    status: value.status,
-                    created_at_ms: value.created_at_ms,
-                    processed_at_ms: value.processed_at_ms,
-                })?,
-                due,
-            ))
+        (RECORD_VERSION_4, rest) => {
+            let value: RecordV4 = body(rest)?;
+            let (mut record, due) = from_v3(value.base)?;
+            record.delivery = Delivery {
+                attempts: value.attempts,
+                schedule_pos: value.schedule_pos,
+                last_error: value.last_error,
+                failed_at_ms: value.failed_at_ms,
+            };
+            Ok((record, due))
         }
+        (RECORD_VERSION, rest) => from_v3(body(rest)?),
         (RECORD_VERSION_2, rest) => Ok((into_record(body(rest)?)?, None)),
         (other, _) => Err(DecodeError::UnknownVersion(other)),
     }
+}
+
+fn from_v3(value: RecordV3) -> Result<(Record, Option<u64>), DecodeError> {
+    let due = value.due_at_ms;
+    Ok((
+        into_record(RecordV2 {
+            transaction_id: value.transaction_id,
+            source_account: value.source_account,
+            destination_account: value.destination_account,
+            amount: value.amount,
+            currency: value.currency,
+            status: value.status,
+            created_at_ms: value.created_at_ms,
+            processed_at_ms: value.processed_at_ms,
+        })?,
+        due,
+    ))
 }
 
 fn into_record(value: RecordV2) -> Result<Record, DecodeError> {
@@ -203,6 +265,7 @@ fn into_record(value: RecordV2) -> Result<Record, DecodeError> {
         status: value.status,
         created_at_ms: value.created_at_ms,
         processed_at_ms: value.processed_at_ms,
+        delivery: Delivery::default(),
     })
 }
 
@@ -213,7 +276,7 @@ fn into_record(value: RecordV2) -> Result<Record, DecodeError> {
 /// [`DecodeError`] if the value is from an unknown layout or damaged.
 pub fn decode_id(bytes: &[u8]) -> Result<&str, DecodeError> {
     let rest = match split_version(bytes)? {
-        (RECORD_VERSION | RECORD_VERSION_2, rest) => rest,
+        (RECORD_VERSION_4 | RECORD_VERSION | RECORD_VERSION_2, rest) => rest,
         (other, _) => return Err(DecodeError::UnknownVersion(other)),
     };
     let (id, _): (&str, usize) =
@@ -293,6 +356,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn delivery_fields_round_trip_and_only_begun_deliveries_write_version_4() {
+        let tx = sample();
+        let mut buf = Vec::new();
+        encode_with_delivery(&tx, processing(1, Some(2)), &Delivery::default(), &mut buf);
+        assert_eq!(buf[0], RECORD_VERSION, "nothing delivered yet: version 3");
+        let delivery = Delivery {
+            attempts: 7,
+            schedule_pos: 3,
+            last_error: Some("HTTP 503".to_owned()),
+            failed_at_ms: Some(99),
+        };
+        let failed = State {
+            status: Status::Failed,
+            created_at_ms: 1,
+            processed_at_ms: None,
+            due_at_ms: Some(50),
+        };
+        encode_with_delivery(&tx, failed, &delivery, &mut buf);
+        assert_eq!(buf[0], RECORD_VERSION_4);
+        let (back, due) = decode_with_due(&buf).unwrap();
+        assert_eq!(back.transaction, tx);
+        assert_eq!(back.status, Status::Failed);
+        assert_eq!(back.delivery, delivery);
+        assert_eq!(due, Some(50));
+        assert_eq!(decode_id(&buf).unwrap(), tx.transaction_id);
+        // FAILED alone (no attempt recorded) is version 4 too: version 3
+        // readers must not meet a status they do not know.
+        encode_with_delivery(&tx, failed, &Delivery::default(), &mut buf);
+        assert_eq!(buf[0], RECORD_VERSION_4);
+    }
+
     /// Schema 2's layout, spelled out here independently of the reader.
     #[derive(Serialize)]
     struct WrittenV2<'a> {
@@ -339,14 +434,14 @@ mod tests {
         let mut buf = Vec::new();
         encode_into(&sample(), processing(1, Some(2)), &mut buf);
         let mut newer = buf.clone();
-        newer[0] = RECORD_VERSION + 1;
+        newer[0] = RECORD_VERSION_4 + 1;
         assert!(matches!(
             decode(&newer),
-            Err(DecodeError::UnknownVersion(4))
+            Err(DecodeError::UnknownVersion(5))
         ));
         assert!(matches!(
             decode_id(&newer),
-            Err(DecodeError::UnknownVersion(4))
+            Err(DecodeError::UnknownVersion(5))
         ));
         assert!(decode(&buf[..buf.len() - 3]).is_err());
         assert!(decode(&[]).is_err());

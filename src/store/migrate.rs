@@ -18,18 +18,24 @@
 //!   `id_hashes` ([`super::ids`]), in one commit.
 //! - 4 → 5: adds `id_tombstones` ([`super::tombstones`]), empty: what
 //!   schema 4 purged is not deduplicated. One commit.
+//! - 5 → 6: adds `payloads` ([`super::payloads`]), empty: transactions
+//!   stored before have no original body. One commit.
+//! - 6 → 7: adds the delivery tables (`attempts`, `attempts_open`,
+//!   `redeliveries`), empty. Records are read as they are (version 3: no
+//!   attempt yet). One commit.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::encoding::{self, DecodeError};
 use super::ids::IdHasher;
+use super::progress::Progress;
 use super::schema::{
-    ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
-    LOG_BY_STATUS, META, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY, next_log_key,
-    status_key,
+    ATTEMPTS, ATTEMPTS_OPEN, ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG,
+    LOG_BY_PROCESSED_AT, LOG_BY_STATUS, META, PAYLOADS, REDELIVERIES, ROWS_INDEXED_UPTO_KEY,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY, next_log_key, status_key,
 };
 use crate::model::Status;
 
@@ -64,19 +70,23 @@ impl<E: Into<redb::Error>> From<E> for MigrationError {
 }
 
 /// Brings a file of schema `found` to [`SCHEMA_VERSION`]; a new file
-/// (`None`) or a current one is left to `initialise`.
+/// (`None`) or a current one is left to `initialise`. The steps that
+/// walk every record or id report their stages to `progress`.
 pub(crate) fn to_current(
     db: &Database,
     found: Option<u64>,
     id_hasher: &IdHasher,
+    progress: &dyn Progress,
 ) -> Result<(), MigrationError> {
     let mut version = found;
     while let Some(from) = version.filter(|&v| v < SCHEMA_VERSION) {
         version = Some(match from {
-            1 => from_v1(db, id_hasher)?,
+            1 => from_v1(db, id_hasher, progress)?,
             2 => from_v2(db)?,
-            3 => from_v3(db, id_hasher)?,
+            3 => from_v3(db, id_hasher, progress)?,
             4 => from_v4(db)?,
+            5 => from_v5(db)?,
+            6 => from_v6(db)?,
             // No such version was ever written: left as it is.
             _ => return Ok(()),
         });
@@ -105,24 +115,34 @@ fn from_v2(db: &Database) -> Result<u64, MigrationError> {
 /// Schema 3 → 4: every row of `ids` (id → log key) becomes its row of
 /// `id_hashes`, and `ids` goes, in one commit. The log's tail is rebuilt
 /// after the id merge's watermark as at every start.
-fn from_v3(db: &Database, id_hasher: &IdHasher) -> Result<u64, MigrationError> {
+/// A step per id read and per row written.
+fn from_v3(
+    db: &Database,
+    id_hasher: &IdHasher,
+    progress: &dyn Progress,
+) -> Result<u64, MigrationError> {
     let started = Instant::now();
     let txn = db.begin_write()?;
     let mut rows = Vec::new();
     {
-        for row in txn.open_table(V3_IDS)?.iter()? {
+        let ids = txn.open_table(V3_IDS)?;
+        progress.start("migrating schema 3 to 4: re-keying ids", 2 * ids.len()?);
+        for row in ids.iter()? {
             let (id, key) = row?;
             rows.push((id_hasher.hash(id.value()), key.value()));
+            progress.advance(1);
         }
         rows.sort_unstable();
         let mut hashes = txn.open_table(ID_HASHES)?;
         for &row in &rows {
             hashes.insert(row, ())?;
+            progress.advance(1);
         }
     }
     txn.delete_table(V3_IDS)?;
     txn.open_table(META)?.insert(SCHEMA_VERSION_KEY, 4)?;
     txn.commit()?;
+    progress.finish();
     tracing::info!(
         ids = rows.len(),
         elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -141,10 +161,37 @@ fn from_v4(db: &Database) -> Result<u64, MigrationError> {
     Ok(5)
 }
 
-/// Schema 1 → 4 (see the module doc).
-fn from_v1(db: &Database, id_hasher: &IdHasher) -> Result<u64, MigrationError> {
+/// Schema 5 → 6: the table of original bodies, empty. One commit.
+fn from_v5(db: &Database) -> Result<u64, MigrationError> {
+    let txn = db.begin_write()?;
+    txn.open_table(PAYLOADS)?;
+    txn.open_table(META)?.insert(SCHEMA_VERSION_KEY, 6)?;
+    txn.commit()?;
+    tracing::info!("migrated the database from schema version 5 to 6");
+    Ok(6)
+}
+
+/// Schema 6 → 7: the delivery tables, empty. One commit.
+fn from_v6(db: &Database) -> Result<u64, MigrationError> {
+    let txn = db.begin_write()?;
+    txn.open_table(ATTEMPTS)?;
+    txn.open_table(ATTEMPTS_OPEN)?;
+    txn.open_table(REDELIVERIES)?;
+    txn.open_table(META)?.insert(SCHEMA_VERSION_KEY, 7)?;
+    txn.commit()?;
+    tracing::info!("migrated the database from schema version 6 to 7");
+    Ok(7)
+}
+
+/// Schema 1 → 4 (see the module doc). Two stages: a step per record
+/// read; then a step per record and per job written.
+fn from_v1(
+    db: &Database,
+    id_hasher: &IdHasher,
+    progress: &dyn Progress,
+) -> Result<u64, MigrationError> {
     let started = Instant::now();
-    let (mut records, v1_jobs) = read_v1(db)?;
+    let (mut records, v1_jobs) = read_v1(db, progress)?;
     records.sort_by(|a, b| {
         (a.created_at_ms, &a.transaction.transaction_id)
             .cmp(&(b.created_at_ms, &b.transaction.transaction_id))
@@ -166,6 +213,10 @@ fn from_v1(db: &Database, id_hasher: &IdHasher) -> Result<u64, MigrationError> {
     let mut key_of: HashMap<String, u64> = HashMap::with_capacity(records.len());
     let mut last_key = 0;
     let mut buf = Vec::new();
+    progress.start(
+        "migrating schema 1 to 4: writing records",
+        (records.len() + v1_jobs.len()) as u64,
+    );
     for chunk in records.chunks(MIGRATION_CHUNK) {
         let txn = db.begin_write()?;
         {
@@ -193,10 +244,13 @@ fn from_v1(db: &Database, id_hasher: &IdHasher) -> Result<u64, MigrationError> {
                     by_processed.insert((at, last_key), ())?;
                 }
                 key_of.insert(id.to_owned(), last_key);
+                progress.advance(1);
             }
         }
         txn.commit()?;
     }
+    // Logged once the stage is over, not under its progress.
+    let mut dropped = Vec::new();
     let txn = db.begin_write()?;
     {
         let mut jobs = txn.open_table(JOBS_BY_DUE)?;
@@ -205,10 +259,9 @@ fn from_v1(db: &Database, id_hasher: &IdHasher) -> Result<u64, MigrationError> {
                 Some(&key) => {
                     jobs.insert((*due, key), ())?;
                 }
-                None => {
-                    tracing::warn!(transaction_id = %id, "schema 1 job without a transaction; dropped");
-                }
+                None => dropped.push(id),
             }
+            progress.advance(1);
         }
         txn.delete_table(V1_TRANSACTIONS)?;
         txn.delete_table(V1_JOBS)?;
@@ -218,6 +271,10 @@ fn from_v1(db: &Database, id_hasher: &IdHasher) -> Result<u64, MigrationError> {
         meta.insert(SCHEMA_VERSION_KEY, 4)?;
     }
     txn.commit()?;
+    progress.finish();
+    for id in dropped {
+        tracing::warn!(transaction_id = %id, "schema 1 job without a transaction; dropped");
+    }
     tracing::info!(
         transactions = records.len(),
         jobs = v1_jobs.len(),
@@ -230,11 +287,13 @@ fn from_v1(db: &Database, id_hasher: &IdHasher) -> Result<u64, MigrationError> {
 /// Every schema 1 record, decoded, and every job as (due, id).
 type V1Contents = (Vec<crate::model::Record>, Vec<(u64, String)>);
 
-fn read_v1(db: &Database) -> Result<V1Contents, MigrationError> {
+/// A step per record.
+fn read_v1(db: &Database, progress: &dyn Progress) -> Result<V1Contents, MigrationError> {
     let mut records = Vec::new();
     let mut jobs = Vec::new();
     let txn = db.begin_read()?;
     let table = txn.open_table(V1_TRANSACTIONS)?;
+    progress.start("migrating schema 1 to 4: reading records", table.len()?);
     for row in table.iter()? {
         let (id, value) = row?;
         let id = id.value();
@@ -244,6 +303,7 @@ fn read_v1(db: &Database) -> Result<V1Contents, MigrationError> {
                 source,
             })?;
         records.push(record);
+        progress.advance(1);
     }
     if let Ok(table) = txn.open_table(V1_JOBS) {
         for row in table.iter()? {
@@ -252,5 +312,6 @@ fn read_v1(db: &Database) -> Result<V1Contents, MigrationError> {
             jobs.push((due, id.to_owned()));
         }
     }
+    progress.finish();
     Ok((records, jobs))
 }

@@ -11,6 +11,10 @@
 //! | `log_by_status` | (status, log key) → () | the listing filtered by status |
 //! | `log_by_processed_at` | (`processed_at`, log key) → () | retention, oldest first |
 //! | `id_tombstones` | log key → (end of window, fields digest, id) | deduplicating purged ids ([`tombstones`]) |
+//! | `payloads` | log key → `Content-Type` and body as received | the original of a mapped webhook ([`payloads`]) |
+//! | `attempts` | (log key, attempt number) → attempt | the delivery journal ([`attempts`]) |
+//! | `attempts_open` | log key → attempt number | attempts in flight, resolved after a crash |
+//! | `redeliveries` | id → bulk redelivery | durable bulk redeliveries ([`redeliveries`]) |
 //! | `meta` | name → number | schema version, id hash key, the two watermarks |
 //!
 //! A log key is `created_ms << 20 | n` ([`next_log_key`]): records are
@@ -20,9 +24,11 @@
 //!
 //! # The log and its tail
 //!
-//! The log is the truth; every other table but `id_tombstones` is an index
-//! of it. Accepting a webhook writes only its log entry, whose record
-//! carries its due time, so the commit a 202 waits for touches one table.
+//! The log is the truth; every other table but `id_tombstones` and
+//! `payloads` is an index of it. Accepting a webhook writes only its log
+//! entry, whose record carries its due time, so the commit a 202 waits for
+//! touches one table (two with `--payload-map`, which keeps the original
+//! body beside it).
 //! Processing rewrites the record, moves its listing row and adds its
 //! retention row in the same transaction; a purge deletes the record with
 //! its listing and retention rows and writes its tombstone in one. The id
@@ -55,17 +61,23 @@
 //! without a restart, with reads served from a read-only view meanwhile
 //! ([`reopen`]), and what a failed commit may have left is taken back
 //! ([`unacknowledged`]). A file of an older schema is migrated when opened
-//! ([`migrate`]).
+//! ([`migrate`]). Long operations (a migration, a whole-log walk) report how
+//! far they are through [`progress`], never to a terminal themselves.
 
+pub mod attempts;
 pub mod backend;
 mod check;
+pub mod delivery_read;
 pub mod encoding;
 pub mod ids;
 pub mod integrity;
 pub mod migrate;
 mod open;
 pub mod overlay;
+pub mod payloads;
+pub mod progress;
 mod read;
+pub mod redeliveries;
 pub mod reopen;
 pub mod schema;
 pub mod tail;
@@ -75,6 +87,7 @@ pub mod writer;
 
 pub use backend::{Access, FileOpener, StorageOpener};
 pub use check::CheckReport;
+pub use progress::{NoProgress, Progress};
 pub use read::BACKLOG_COUNT_CAP;
 pub use schema::{
     IDS_INDEXED_UPTO_KEY, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY,
@@ -219,6 +232,15 @@ pub enum StoreError {
         /// Why it does not decode.
         #[source]
         source: encoding::DecodeError,
+    },
+    /// The original body kept with a record cannot be decoded.
+    #[error("the original body of stored record {key} cannot be read: {source}")]
+    CorruptOriginal {
+        /// Log key of the record.
+        key: u64,
+        /// Why it does not decode.
+        #[source]
+        source: payloads::DecodeError,
     },
 }
 

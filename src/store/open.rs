@@ -10,12 +10,13 @@ use super::ids::{HashKeyError, IdHasher};
 use super::migrate::{self, MigrationError};
 use super::reopen::{OpenDatabase, open_writable};
 use super::schema::{
-    ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
-    LOG_BY_STATUS, META, ROWS_INDEXED_UPTO_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY, read_meta,
+    ATTEMPTS, ATTEMPTS_OPEN, ID_HASHES, ID_TOMBSTONES, IDS_INDEXED_UPTO_KEY, JOBS_BY_DUE, LOG,
+    LOG_BY_PROCESSED_AT, LOG_BY_STATUS, META, PAYLOADS, REDELIVERIES, ROWS_INDEXED_UPTO_KEY,
+    SCHEMA_VERSION, SCHEMA_VERSION_KEY, read_meta,
 };
 use super::tail::LogTail;
 use super::unacknowledged::Unacknowledged;
-use super::{DB_FILE_NAME, FileOpener, OpenError, Shared, Store};
+use super::{DB_FILE_NAME, FileOpener, NoProgress, OpenError, Progress, Shared, Store};
 
 impl Store {
     /// Opens (creating if needed) the database in `data_dir`, checks its
@@ -24,13 +25,18 @@ impl Store {
     /// A file written by a newer webhookd is refused before anything is
     /// written to it: the version is first read through a read-only open.
     pub fn open(data_dir: &Path) -> Result<Store, OpenError> {
-        Store::open_with(data_dir, &FileOpener)
+        Store::open_with(data_dir, &FileOpener, &NoProgress)
     }
 
     /// [`Store::open`] on storage that `opener` opens: the read-only schema
     /// check, then one read-write storage kept for the store's lifetime
-    /// (every reopen after a storage error uses it again).
-    pub fn open_with(data_dir: &Path, opener: &dyn StorageOpener) -> Result<Store, OpenError> {
+    /// (every reopen after a storage error uses it again). A migration
+    /// reports its stages to `progress`.
+    pub fn open_with(
+        data_dir: &Path,
+        opener: &dyn StorageOpener,
+        progress: &dyn Progress,
+    ) -> Result<Store, OpenError> {
         use std::os::unix::fs::DirBuilderExt as _;
         // Created for its owner only, whatever the umask; an existing
         // directory keeps the mode it has.
@@ -105,7 +111,7 @@ impl Store {
                 source,
             },
         })?;
-        migrate::to_current(&db, found, &id_hasher).map_err(|e| match e {
+        migrate::to_current(&db, found, &id_hasher, progress).map_err(|e| match e {
             MigrationError::Storage(e) => database_error(e),
             MigrationError::Record { id, source } => OpenError::Migration {
                 path: path.clone(),
@@ -182,6 +188,10 @@ fn initialise(db: &Database) -> Result<(), redb::Error> {
         txn.open_table(LOG_BY_STATUS)?;
         txn.open_table(LOG_BY_PROCESSED_AT)?;
         txn.open_table(ID_TOMBSTONES)?;
+        txn.open_table(PAYLOADS)?;
+        txn.open_table(ATTEMPTS)?;
+        txn.open_table(ATTEMPTS_OPEN)?;
+        txn.open_table(REDELIVERIES)?;
         let mut meta = txn.open_table(META)?;
         meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
         for watermark in [IDS_INDEXED_UPTO_KEY, ROWS_INDEXED_UPTO_KEY] {
@@ -213,7 +223,7 @@ mod tests {
             bytes.resize(NEW_FILE_LEN, 0);
             std::fs::write(dir.path().join(DB_FILE_NAME), &bytes).unwrap();
             let store = Store::open(dir.path()).unwrap();
-            let report = store.check().unwrap();
+            let report = store.check(&NoProgress).unwrap();
             assert!(report.problems.is_empty(), "{report:?}");
             assert_eq!(report.transactions, 0);
             drop(store);

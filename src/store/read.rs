@@ -16,7 +16,7 @@ use super::schema::{
     first_log_key_at, status_key, watermark,
 };
 use super::tail::JobsPick;
-use super::{Job, ListQuery, Page, Store, StoreError, encoding};
+use super::{Job, ListQuery, Page, Progress, Store, StoreError, encoding};
 use crate::metrics::JobStats;
 use crate::model::{Record, Status};
 
@@ -160,11 +160,18 @@ impl Store {
 
     /// Visits every stored transaction in arrival order, inside one read
     /// transaction (a consistent snapshot); stops when `visit` returns false.
+    /// Reports one stage to `progress`, a step per transaction.
     pub fn for_each_transaction(
         &self,
+        progress: &dyn Progress,
         visit: impl FnMut(u64, Result<Record, encoding::DecodeError>) -> bool,
     ) -> Result<(), StoreError> {
-        for_each_in(&self.snapshot()?, visit)
+        let snapshot = self.snapshot()?;
+        let total = snapshot.table(LOG)?.len().map_err(StoreError::storage)?;
+        progress.start("reading transactions", total);
+        for_each_in(&snapshot, progress, visit)?;
+        progress.finish();
+        Ok(())
     }
 
     /// One page of transactions, newest first (by log key, which orders by
@@ -176,6 +183,43 @@ impl Store {
     /// later page; a transaction changing status keeps its place in an
     /// unfiltered list.
     pub fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let (found, next, _) = self.list_in(query)?;
+        Ok(Page {
+            transactions: found.into_iter().map(|listed| listed.1).collect(),
+            next,
+        })
+    }
+
+    /// [`Store::list`] with each transaction's due time and open attempt,
+    /// for the view with delivery.
+    pub fn list_with_delivery(
+        &self,
+        query: &ListQuery,
+    ) -> Result<(Vec<super::delivery_read::DeliveryView>, Option<u64>), StoreError> {
+        let (found, next, snapshot) = self.list_in(query)?;
+        let open = snapshot.table(super::schema::ATTEMPTS_OPEN)?;
+        let mut views = Vec::with_capacity(found.len());
+        for (key, record, due) in found {
+            let open_attempt = open
+                .get(key)
+                .map_err(StoreError::storage)?
+                .map(|v| v.value());
+            let due_ms = due.filter(|_| record.status == Status::Processing);
+            views.push(super::delivery_read::DeliveryView {
+                record,
+                due_ms,
+                open_attempt,
+            });
+        }
+        Ok((views, next))
+    }
+
+    /// The page of `query`: (log key, record, due time) of each, the
+    /// cursor, and the snapshot read.
+    fn list_in(
+        &self,
+        query: &ListQuery,
+    ) -> Result<(Vec<Listed>, Option<u64>, Snapshot), StoreError> {
         // The tail's jobs are PROCESSING entries without listing rows yet.
         let (snapshot, tail) = match query.status {
             Some(Status::Processing) => self.snapshot_with_tail_jobs(JobsPick::All)?,
@@ -191,7 +235,7 @@ impl Store {
             .min(query.after.unwrap_or(u64::MAX));
         // One more than asked for, to know whether another page follows.
         let wanted = query.limit.saturating_add(1);
-        let mut found: Vec<(u64, Record)> = Vec::with_capacity(wanted.min(1024));
+        let mut found: Vec<Listed> = Vec::with_capacity(wanted.min(1024));
         let refused = &self.shared.unacknowledged;
         if low < high {
             match query.status {
@@ -207,9 +251,9 @@ impl Store {
                     {
                         let (key, value) = row.map_err(StoreError::storage)?;
                         let key = key.value();
-                        let record = encoding::decode(value.value())
+                        let (record, due) = encoding::decode_with_due(value.value())
                             .map_err(|source| StoreError::Corrupt { key, source })?;
-                        found.push((key, record));
+                        found.push((key, record, due));
                     }
                 }
                 Some(status) => {
@@ -234,8 +278,8 @@ impl Store {
                         let key = key.map_err(StoreError::storage)?;
                         match read_record(&log, key)? {
                             // A tail entry processed since the copy was taken.
-                            Some(record) if record.status != status => {}
-                            Some(record) => found.push((key, record)),
+                            Some((record, _)) if record.status != status => {}
+                            Some((record, due)) => found.push((key, record, due)),
                             None => {
                                 tracing::error!(
                                     log_key = key,
@@ -254,12 +298,10 @@ impl Store {
         if found.len() > query.limit {
             found.truncate(query.limit);
             // The cursor is the key of the last transaction returned.
-            next = found.last().map(|(key, _)| *key);
+            next = found.last().map(|(key, _, _)| *key);
         }
-        Ok(Page {
-            transactions: found.into_iter().map(|(_, record)| record).collect(),
-            next,
-        })
+        drop(log);
+        Ok((found, next, snapshot))
     }
 
     /// The highest log key in use (0 for an empty log).
@@ -294,10 +336,12 @@ impl Store {
 /// Visits every record of a snapshot in arrival order, until `visit` says stop.
 pub(crate) fn for_each_in(
     snapshot: &Snapshot,
+    progress: &dyn Progress,
     mut visit: impl FnMut(u64, Result<Record, encoding::DecodeError>) -> bool,
 ) -> Result<(), StoreError> {
     for row in snapshot.table(LOG)?.iter().map_err(StoreError::storage)? {
         let (key, value) = row.map_err(StoreError::storage)?;
+        progress.advance(1);
         if !visit(key.value(), encoding::decode(value.value())) {
             break;
         }
@@ -305,15 +349,18 @@ pub(crate) fn for_each_in(
     Ok(())
 }
 
-/// The record under `key`, if any.
+/// A listed transaction: its log key, record and due time.
+type Listed = (u64, Record, Option<u64>);
+
+/// The record under `key`, with its due time, if any.
 fn read_record(
     log: &impl ReadableTable<u64, &'static [u8]>,
     key: u64,
-) -> Result<Option<Record>, StoreError> {
+) -> Result<Option<(Record, Option<u64>)>, StoreError> {
     let Some(value) = log.get(key).map_err(StoreError::storage)? else {
         return Ok(None);
     };
-    encoding::decode(value.value())
+    encoding::decode_with_due(value.value())
         .map(Some)
         .map_err(|source| StoreError::Corrupt { key, source })
 }

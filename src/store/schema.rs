@@ -8,7 +8,7 @@ use crate::model::Status;
 /// Version of the table layout this build reads and writes. A file with a
 /// higher version was written by a newer webhookd and is refused unchanged;
 /// a lower one is migrated on open ([`super::migrate`]).
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// Key in `meta`: the schema version.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
@@ -46,6 +46,18 @@ pub(crate) const LOG_BY_PROCESSED_AT: TableDefinition<(u64, u64), ()> =
 /// ([`super::tombstones`]). Its `id_hashes` row stays while this does.
 pub(crate) const ID_TOMBSTONES: TableDefinition<u64, (u64, [u8; 32], &str)> =
     TableDefinition::new("id_tombstones");
+/// Log key → the body as received and its `Content-Type`
+/// ([`super::payloads`]); written only with `--payload-map`.
+pub(crate) const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
+/// (log key, attempt number) → attempt ([`super::attempts`]): the delivery
+/// journal, every attempt ever made, keyed by arrival then attempt.
+pub(crate) const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
+/// Log key → attempt number: attempts journaled as started whose outcome is
+/// not written yet. At most `--deliver-concurrency` rows while running;
+/// what a crash leaves is recorded `interrupted` at the next start.
+pub(crate) const ATTEMPTS_OPEN: TableDefinition<u64, u32> = TableDefinition::new("attempts_open");
+/// Redelivery id → bulk redelivery ([`super::redeliveries`]).
+pub(crate) const REDELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("redeliveries");
 /// Name → number: the version, the watermarks, the id hash key.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -74,6 +86,7 @@ pub fn status_key(status: Status) -> u8 {
     match status {
         Status::Processing => 0,
         Status::Processed => 1,
+        Status::Failed => 2,
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses part of this
 
+pub mod requirements;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -193,7 +195,7 @@ impl Response {
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
 
-    /// Asserts the contract's error shape and code; returns the body.
+    /// Asserts the API's error shape and code; returns the body.
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str) -> Value {
         assert_eq!(self.status, status, "unexpected status; body {}", self.body);
@@ -271,7 +273,20 @@ fn bad_response(what: String) -> std::io::Error {
 
 /// [`read_response`] with failures as `Err`.
 pub fn try_read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
+    read_one(&mut BufReader::new(stream))
+}
+
+/// Reads `count` responses that follow each other on `stream` (answers to
+/// pipelined requests) through one buffer, so bytes of a later answer that
+/// arrive with an earlier one are not lost.
+pub fn read_responses(stream: &mut TcpStream, count: usize) -> Vec<Response> {
     let mut reader = BufReader::new(stream);
+    (0..count)
+        .map(|i| read_one(&mut reader).unwrap_or_else(|e| panic!("reading response {i}: {e}")))
+        .collect()
+}
+
+fn read_one(reader: &mut BufReader<&mut TcpStream>) -> std::io::Result<Response> {
     let mut status_line = String::new();
     if reader.read_line(&mut status_line)? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -394,6 +409,122 @@ pub fn transaction_path(id: &str) -> String {
 
 pub fn get_transaction(addr: SocketAddr, id: &str) -> Response {
     get(addr, &transaction_path(id))
+}
+
+/// The value of one series in `GET /metrics`, named exactly as exposed
+/// (e.g. `webhookd_pending_jobs` or
+/// `webhookd_webhooks_total{outcome="accepted"}`).
+#[track_caller]
+pub fn metric(addr: SocketAddr, series: &str) -> u64 {
+    let text = get(addr, "/metrics").body;
+    metric_in(&text, series)
+}
+
+/// [`metric`] in an already fetched exposition.
+#[track_caller]
+pub fn metric_in(text: &str, series: &str) -> u64 {
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .trim();
+    // Whole numbers, some of them written as floats (`3.0`).
+    value
+        .strip_suffix(".0")
+        .unwrap_or(value)
+        .parse()
+        .unwrap_or_else(|e| panic!("{series} {value}: {e}"))
+}
+
+/// Waits until the daemon on `data_dir` has nothing left to write by
+/// itself (every id merged into the on-disk id index, which happens in the
+/// same commit as the job rows of an idle writer), then returns the
+/// database file's bytes and the number of commits so far. Anything that
+/// writes after this changes one or both.
+pub fn settled_database(addr: SocketAddr, data_dir: &Path) -> (Vec<u8>, u64) {
+    poll_until(DEADLINE, "every id merged into the id index", || {
+        (metric(addr, "webhookd_unindexed_ids") == 0).then_some(())
+    });
+    let file = std::fs::read(data_dir.join("webhookd.redb")).expect("read the database file");
+    (file, metric(addr, "webhookd_commit_batch_size_count"))
+}
+
+/// What `webhookd check` counted in a data dir (it must pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckTotals {
+    pub transactions: u64,
+    pub processing: u64,
+    pub processed: u64,
+    pub pending_jobs: u64,
+}
+
+/// Runs `webhookd --data-dir DIR check`, requires exit 0, and returns its
+/// totals (from `ok: N transactions (P processing, Q processed), J pending jobs`).
+#[track_caller]
+pub fn check_totals(dir: &Path) -> CheckTotals {
+    let output = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("check")
+        .output()
+        .expect("run webhookd check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "webhookd check failed ({}): {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let numbers: Vec<u64> = stdout
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [transactions, processing, processed, pending_jobs] = numbers[..] else {
+        panic!("unexpected check summary: {stdout}");
+    };
+    assert!(
+        stdout.starts_with("ok: "),
+        "unexpected check summary: {stdout}"
+    );
+    CheckTotals {
+        transactions,
+        processing,
+        processed,
+        pending_jobs,
+    }
+}
+
+/// [`check_totals`] on a copy of the data dir's database: `check` repairs
+/// a file a SIGKILL left, and the daemon must later open it exactly as
+/// the kill left it.
+#[track_caller]
+pub fn check_totals_of_a_copy(dir: &Path) -> CheckTotals {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("webhookd.redb"), copy.path().join("webhookd.redb"))
+        .expect("copy the database file");
+    check_totals(copy.path())
+}
+
+/// Every record `webhookd export --format jsonl` writes for a stopped
+/// daemon's data dir, in the order written.
+#[track_caller]
+pub fn export(dir: &Path) -> Vec<Value> {
+    let output = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["export", "--format", "jsonl"])
+        .output()
+        .expect("run webhookd export");
+    assert!(
+        output.status.success(),
+        "webhookd export failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8 export")
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `deadline`.
@@ -527,8 +658,18 @@ pub struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// Mounts a tmpfs with `options` (e.g. `size=1m`, `ro,size=1m`); `None`
-    /// where this machine does not allow it (mounting needs root).
+    /// Mounts a tmpfs with `options` (e.g. `size=1m`, `ro,size=1m`); fails
+    /// the test, naming what is missing, where this machine does not allow
+    /// it (see [`requirements::Need::TmpfsMount`]).
+    #[track_caller]
+    pub fn mounted(options: &str) -> Tmpfs {
+        require(requirements::Need::TmpfsMount);
+        Tmpfs::mount(options).unwrap_or_else(|| panic!("mount -t tmpfs -o {options} failed"))
+    }
+
+    /// Mounts a tmpfs with `options`; `None` where this machine does not
+    /// allow it (mounting needs root). A test should use [`Tmpfs::mounted`]:
+    /// it fails, or is marked ignored, instead of passing without running.
     pub fn mount(options: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().unwrap();
         let mounted = Command::new("mount")
@@ -560,28 +701,24 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Fails the test, naming what is missing, unless this machine has what
+/// `need` describes. A test that calls this is also marked
+/// `#[cfg_attr(webhookd_no_..., ignore = "...")]`, so outside CI it is
+/// listed as ignored where build.rs found the requirement missing.
+#[track_caller]
+pub fn require(need: requirements::Need) {
+    if let Err(missing) = need.check() {
+        panic!(
+            "cannot run this test here: {missing}. (Without CI=true, a build that \
+             finds this missing marks the test ignored instead.)"
+        );
+    }
+}
+
 /// Whether the tests run as root (some need to mount or drop privileges).
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-/// Whether a test that needs `what` (a tool or package this machine lacks)
-/// can go on: under `CI=true` it fails naming what is missing and how to
-/// get it; elsewhere it prints `SKIPPED` straight to the terminal (past the
-/// test harness's capture, so the run shows it) and returns `false`, and
-/// the test returns.
-#[track_caller]
-pub fn tool_or_skip(test: &str, available: bool, what: &str) -> bool {
-    if available {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs {what}, which is missing on this CI machine"
-    );
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs {what}");
-    false
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use rand::{RngExt, SeedableRng as _};
 use rand_xorshift::XorShiftRng;
 use webhookd::model::Record;
-use webhookd::store::Store;
 use webhookd::store::integrity::{self, Pages};
+use webhookd::store::{NoProgress, Store};
 
 use crate::common::{DEADLINE, poll_until};
 use crate::cut::BLOCK;
@@ -95,12 +95,12 @@ pub fn post_many(addr: std::net::SocketAddr, ids: std::ops::Range<usize>) {
 pub fn records(image: &[u8], dir: &Path) -> HashMap<String, Record> {
     let opener = DiskOpener(Disk::holding(image.to_vec()));
     opener.stand_in(dir);
-    let store = Store::open_with(dir, &opener).expect("the unflipped file opens");
-    let report = store.check().expect("check");
+    let store = Store::open_with(dir, &opener, &NoProgress).expect("the unflipped file opens");
+    let report = store.check(&NoProgress).expect("check");
     assert!(report.problems.is_empty(), "{report:?}");
     let mut records = HashMap::new();
     store
-        .for_each_transaction(|_, r| {
+        .for_each_transaction(&NoProgress, |_, r| {
             let r = r.expect("decodes");
             records.insert(r.transaction.transaction_id.clone(), r);
             true
@@ -139,11 +139,11 @@ pub fn check(image: &[u8], dir: &Path) -> Option<String> {
         Ok(_) => {}
     }
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let store = match Store::open_with(dir, &opener) {
+        let store = match Store::open_with(dir, &opener, &NoProgress) {
             Ok(store) => store,
             Err(e) => return Some(e.to_string()),
         };
-        match store.check() {
+        match store.check(&NoProgress) {
             Err(e) => Some(e.to_string()),
             Ok(report) => report.problems.first().cloned(),
         }
@@ -164,7 +164,7 @@ pub fn serve(image: &[u8], expected: &HashMap<String, Record>, dir: &Path) -> Ob
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let opener = DiskOpener(Disk::holding(image.to_vec()));
         opener.stand_in(dir);
-        let store = match Store::open_with(dir, &opener) {
+        let store = match Store::open_with(dir, &opener, &NoProgress) {
             Ok(store) => store,
             Err(e) => {
                 observed.served = Served::RefusedAtOpen;
@@ -185,7 +185,7 @@ pub fn serve(image: &[u8], expected: &HashMap<String, Record>, dir: &Path) -> Ob
                 Err(e) => error = Some(e.to_string()),
             }
         }
-        let scan = store.for_each_transaction(|_, r| {
+        let scan = store.for_each_transaction(&NoProgress, |_, r| {
             match r {
                 Ok(r) if expected.get(&r.transaction.transaction_id) == Some(&r) => {}
                 Ok(r) => {

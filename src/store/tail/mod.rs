@@ -207,7 +207,7 @@ fn load_jobs(txn: &ReadTransaction) -> Result<TailJobs, redb::Error> {
         let (key, value) = row?;
         let key = key.value();
         match encoding::decode_with_due(value.value()) {
-            Ok((record, _)) if record.status == Status::Processed => {}
+            Ok((record, _)) if record.status != Status::Processing => {}
             Ok((_, Some(due))) => jobs.push((key, due)),
             // Only schema 2 records lack a due time, and the migration
             // puts all of them before the watermark.

@@ -19,9 +19,13 @@
 //! stored and every caller in it is told so; the database is then reopened
 //! without a restart ([`recovery`]), so a 503 always means "not stored".
 
+pub mod delivery;
+pub mod delivery_commands;
+mod errors;
 pub mod id_merge;
 pub mod ops;
 pub mod recovery;
+mod redeliver;
 pub mod rows_merge;
 
 use std::sync::Arc;
@@ -31,11 +35,16 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::encoding::DecodeError;
+use super::payloads::OriginalBody;
 use super::{Job, Store, StoreError};
 use crate::clock::now_ms;
+use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
 use crate::model::{NewTransaction, Status};
+use crate::retry::RetrySchedule;
+use delivery_commands::{DeliveryCommand, DeliveryOutcome};
+pub use delivery_commands::{Finish, Next, RedeliverOutcome, Started};
+pub use errors::{SpawnError, WriteError};
 use id_merge::{IdMerge, IdStep};
 pub use ops::Purged;
 use ops::Tables;
@@ -74,51 +83,11 @@ pub enum AcceptOutcome {
     Conflict,
 }
 
-/// Why the writer could not do what was asked. All of these mean "not
-/// stored; try again later" to a client. Clone, since one failed commit is
-/// reported to every caller of its batch: sources are shared by `Arc`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum WriteError {
-    /// The queue in front of the writer is full (overload).
-    #[error("the write queue is full")]
-    QueueFull,
-    /// The writer has stopped (shutting down).
-    #[error("the store writer is shut down")]
-    Closed,
-    /// The write transaction or its commit failed; nothing of the batch was stored.
-    #[error("storage cannot accept writes: {0}")]
-    Storage(#[source] Arc<StoreError>),
-    /// A write failed earlier and the database could not be reopened yet;
-    /// nothing was tried.
-    #[error("storage failed and the database could not be reopened yet: {0}")]
-    NotReopened(#[source] Arc<StoreError>),
-    /// The record already stored under this id cannot be decoded.
-    #[error("stored record {key} cannot be read: {source}")]
-    Corrupt {
-        /// Its log key.
-        key: u64,
-        /// Why it does not decode.
-        #[source]
-        source: Arc<DecodeError>,
-    },
-}
-
-/// Why the writer could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SpawnError {
-    /// Reading where the log and the merges stand failed.
-    #[error("cannot read the database to start the store writer: {0}")]
-    Read(#[from] StoreError),
-    /// A thread could not be started.
-    #[error("cannot start the store writer's threads: {0}")]
-    Thread(#[source] std::io::Error),
-}
-
 enum Command {
     Accept {
         transaction: NewTransaction,
+        /// The body as received, kept beside a new record (`--payload-map`).
+        original: Option<Box<OriginalBody>>,
         reply: oneshot::Sender<Result<AcceptOutcome, WriteError>>,
     },
     Complete {
@@ -134,6 +103,8 @@ enum Command {
         limit: usize,
         reply: oneshot::Sender<Result<Purged, WriteError>>,
     },
+    /// Attempt journal and redelivery ([`delivery`]).
+    Delivery(DeliveryCommand),
     /// Periodic nudge: merge while there is time.
     Tick,
 }
@@ -144,6 +115,7 @@ enum Command {
 pub struct WriterHandle {
     queue: mpsc::Sender<Command>,
     failures: FailureMemory,
+    heartbeat: Heartbeat,
 }
 
 impl WriterHandle {
@@ -152,8 +124,32 @@ impl WriterHandle {
     ///
     /// Never waits for queue space: a full queue is [`WriteError::QueueFull`].
     pub async fn accept(&self, transaction: NewTransaction) -> Result<AcceptOutcome, WriteError> {
+        self.send_accept(transaction, None).await
+    }
+
+    /// [`WriterHandle::accept`], keeping `original` (the body the
+    /// transaction was mapped from) in the same write transaction as a
+    /// new record; a duplicate or a conflict keeps nothing.
+    pub async fn accept_with_original(
+        &self,
+        transaction: NewTransaction,
+        original: OriginalBody,
+    ) -> Result<AcceptOutcome, WriteError> {
+        self.send_accept(transaction, Some(Box::new(original)))
+            .await
+    }
+
+    async fn send_accept(
+        &self,
+        transaction: NewTransaction,
+        original: Option<Box<OriginalBody>>,
+    ) -> Result<AcceptOutcome, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.try_send(Command::Accept { transaction, reply })?;
+        self.try_send(Command::Accept {
+            transaction,
+            original,
+            reply,
+        })?;
         answer.await.map_err(|_| WriteError::Closed)?
     }
 
@@ -208,6 +204,19 @@ impl WriterHandle {
         self.failures.recent().map(|e| e.to_string())
     }
 
+    /// Beats once per batch (and per idle tick, at least every
+    /// [`MERGE_TICK`]): the systemd watchdog reads it to tell a stuck writer.
+    #[must_use]
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
+    /// Commands waiting in the writer's queue now.
+    #[must_use]
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     fn try_send(&self, command: Command) -> Result<(), WriteError> {
         self.queue.try_send(command).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => WriteError::QueueFull,
@@ -250,8 +259,32 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     on_new_jobs: impl Fn(u64) + Send + 'static,
 ) -> Result<(WriterHandle, WriterThread), SpawnError> {
+    spawn_delivering(
+        store,
+        process_delay,
+        queue_depth,
+        metrics,
+        None,
+        on_new_jobs,
+    )
+}
+
+/// [`spawn`] for a daemon that delivers (`--deliver-to`): new jobs fall due
+/// after `retry`'s first wait too, and redeliveries start it afresh. With
+/// or without it, the first batch records the attempts the last stop cut
+/// off as interrupted ([`WriterHandle::resolve_interrupted_blocking`]).
+pub fn spawn_delivering(
+    store: Store,
+    process_delay: Duration,
+    queue_depth: usize,
+    metrics: Arc<Metrics>,
+    retry: Option<Arc<RetrySchedule>>,
+    on_new_jobs: impl Fn(u64) + Send + 'static,
+) -> Result<(WriterHandle, WriterThread), SpawnError> {
     let (queue, commands) = mpsc::channel(queue_depth.max(1));
     let failures = FailureMemory::default();
+    let heartbeat = Heartbeat::new();
+    let interrupted_metrics = Arc::clone(&metrics);
     let (rows_indexed_upto, rows_lag) = store.rows_lag()?;
     let writer = Writer {
         last_key: store.last_log_key()?,
@@ -266,6 +299,8 @@ pub fn spawn(
         last_work: Instant::now(),
         buf: Vec::with_capacity(256),
         metrics,
+        heartbeat: heartbeat.clone(),
+        retry,
     };
     // Holds only a weak sender, so it never keeps the writer alive.
     let ticks = queue.downgrade();
@@ -295,14 +330,27 @@ pub fn spawn(
             return Err(SpawnError::Thread(e));
         }
     };
-    Ok((
-        WriterHandle { queue, failures },
-        WriterThread {
-            writer,
-            ticker,
-            stop_ticker,
-        },
-    ))
+    let handle = WriterHandle {
+        queue,
+        failures,
+        heartbeat,
+    };
+    let thread = WriterThread {
+        writer,
+        ticker,
+        stop_ticker,
+    };
+    // Before anyone schedules: a job whose attempt is still open would be
+    // skipped until it is resolved.
+    match handle.resolve_interrupted_blocking() {
+        Ok(count) => interrupted_metrics.delivery_interrupted(count),
+        Err(e) => {
+            drop(handle);
+            let _ = thread.join();
+            return Err(SpawnError::Interrupted(e));
+        }
+    }
+    Ok((handle, thread))
 }
 
 struct Writer {
@@ -323,6 +371,10 @@ struct Writer {
     last_work: Instant,
     buf: Vec<u8>,
     metrics: Arc<Metrics>,
+    /// Beaten once per batch, for the systemd watchdog.
+    heartbeat: Heartbeat,
+    /// With delivery: the retry schedule (its first wait delays new jobs).
+    retry: Option<Arc<RetrySchedule>>,
 }
 
 /// What a batch changed outside its write transaction: undone if its
@@ -370,6 +422,7 @@ impl Applied {
 enum Outcome {
     Accept(Result<AcceptOutcome, WriteError>),
     Purged(Purged),
+    Delivery(DeliveryOutcome),
     Done,
 }
 
@@ -386,6 +439,7 @@ impl Writer {
     fn run(mut self, mut commands: mpsc::Receiver<Command>, on_new_jobs: &dyn Fn(u64)) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = commands.blocking_recv() {
+            self.heartbeat.beat();
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match commands.try_recv() {
@@ -578,6 +632,7 @@ fn answer(command: Command, outcome: Outcome) {
         (Command::Purge { reply, .. }, Outcome::Purged(count)) => {
             let _ = reply.send(Ok(count));
         }
+        (Command::Delivery(command), Outcome::Delivery(outcome)) => command.answer(outcome),
         _ => unreachable!("outcomes are produced in command order, one per command"),
     }
 }
@@ -593,6 +648,7 @@ fn fail(command: Command, error: WriteError) {
         Command::Purge { reply, .. } => {
             let _ = reply.send(Err(error));
         }
+        Command::Delivery(command) => command.fail(error),
         Command::Tick => {}
     }
 }

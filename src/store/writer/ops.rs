@@ -9,9 +9,10 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::{AcceptOutcome, Applied, Command, Outcome, WriteError, Writer};
 use crate::model::{NewTransaction, Status};
+use crate::store::payloads::{self, OriginalBody};
 use crate::store::schema::{
     HEALTH_PROBE_KEY, ID_HASHES, ID_TOMBSTONES, JOBS_BY_DUE, LOG, LOG_BY_PROCESSED_AT,
-    LOG_BY_STATUS, META, next_log_key, status_key,
+    LOG_BY_STATUS, META, PAYLOADS, next_log_key, status_key,
 };
 use crate::store::{Job, encoding, tombstones};
 
@@ -26,12 +27,17 @@ pub struct Purged {
 
 /// The tables one batch writes.
 pub(super) struct Tables<'txn> {
-    txn: &'txn WriteTransaction,
+    pub(super) txn: &'txn WriteTransaction,
     pub(super) log: Table<'txn, u64, &'static [u8]>,
     pub(super) id_hashes: Table<'txn, (u64, u64), ()>,
     pub(super) jobs_by_due: Table<'txn, (u64, u64), ()>,
     pub(super) log_by_status: Table<'txn, (u8, u64), ()>,
     pub(super) log_by_processed_at: Table<'txn, (u64, u64), ()>,
+    /// Opened on first use, so a batch that keeps no original body
+    /// (every batch without `--payload-map`) never touches the table.
+    payloads: Option<Table<'txn, u64, &'static [u8]>>,
+    /// The delivery journal, opened by the first delivery command.
+    pub(super) journal: Option<super::delivery::Journal<'txn>>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -43,7 +49,17 @@ impl<'txn> Tables<'txn> {
             jobs_by_due: txn.open_table(JOBS_BY_DUE)?,
             log_by_status: txn.open_table(LOG_BY_STATUS)?,
             log_by_processed_at: txn.open_table(LOG_BY_PROCESSED_AT)?,
+            payloads: None,
+            journal: None,
         })
+    }
+
+    fn payloads(&mut self) -> Result<&mut Table<'txn, u64, &'static [u8]>, redb::Error> {
+        if self.payloads.is_none() {
+            self.payloads = Some(self.txn.open_table(PAYLOADS)?);
+        }
+        // Invariant: set just above.
+        Ok(self.payloads.as_mut().expect("opened above"))
     }
 
     pub(super) fn set_meta(&self, key: &str, value: u64) -> Result<(), redb::Error> {
@@ -64,9 +80,11 @@ impl Writer {
         applied: &mut Applied,
     ) -> Result<Outcome, redb::Error> {
         match command {
-            Command::Accept { transaction, .. } => {
-                self.accept(tables, transaction, now_ms, applied)
-            }
+            Command::Accept {
+                transaction,
+                original,
+                ..
+            } => self.accept(tables, transaction, original.as_deref(), now_ms, applied),
             Command::Complete { jobs, .. } => {
                 self.complete(tables, jobs, now_ms, rows_upto, applied)?;
                 Ok(Outcome::Done)
@@ -102,16 +120,21 @@ impl Writer {
                 applied.probed = true;
                 Ok(Outcome::Done)
             }
+            Command::Delivery(command) => Ok(Outcome::Delivery(
+                self.apply_delivery(tables, command, now_ms, rows_upto, applied)?,
+            )),
             Command::Tick => Ok(Outcome::Done),
         }
     }
 
     /// Stores a new transaction (its log entry alone, due time included:
-    /// that is the job), or finds it a duplicate or a conflict.
+    /// that is the job, and its original body when there is one), or
+    /// finds it a duplicate or a conflict.
     fn accept(
         &mut self,
         tables: &mut Tables<'_>,
         transaction: &NewTransaction,
+        original: Option<&OriginalBody>,
         now_ms: u64,
         applied: &mut Applied,
     ) -> Result<Outcome, redb::Error> {
@@ -150,7 +173,11 @@ impl Writer {
         }
         let key = next_log_key(self.last_key, now_ms);
         self.last_key = key;
-        let due = now_ms.saturating_add(self.delay_ms);
+        // With delivery, the schedule's first wait counts from the due time.
+        let first_wait = self.retry.as_ref().and_then(|r| r.wait_ms_before(0));
+        let due = now_ms
+            .saturating_add(self.delay_ms)
+            .saturating_add(first_wait.unwrap_or(0));
         encoding::encode_into(
             transaction,
             encoding::State {
@@ -162,6 +189,9 @@ impl Writer {
             &mut self.buf,
         );
         tables.log.insert(key, self.buf.as_slice())?;
+        if let Some(original) = original {
+            payloads::insert(tables.payloads()?, key, original)?;
+        }
         // Into the tail's ids at once, so later commands of this batch
         // find it; taken out again if the commit fails.
         self.store.tail().add_id(hash, key);
@@ -212,7 +242,8 @@ impl Writer {
             };
             match record {
                 Ok((record, due)) if record.status == Status::Processing => {
-                    encoding::encode_into(
+                    // Attempts made while --deliver-to was set stay on record.
+                    encoding::encode_with_delivery(
                         &record.transaction,
                         encoding::State {
                             status: Status::Processed,
@@ -220,6 +251,7 @@ impl Writer {
                             processed_at_ms: Some(now_ms),
                             due_at_ms: due.or(Some(job.due_ms)),
                         },
+                        &record.delivery,
                         &mut self.buf,
                     );
                     tables.log.insert(job.log_key, self.buf.as_slice())?;
@@ -249,7 +281,8 @@ impl Writer {
     }
 
     /// Deletes up to `limit` transactions processed before `before_ms`,
-    /// oldest first, with their listing and retention rows, and leaves a
+    /// oldest first, with their listing and retention rows and original
+    /// bodies, and leaves a
     /// tombstone of each until `dedup_until_ms`, with its `id_hashes` row.
     /// Only PROCESSED transactions are in the retention index, so nothing
     /// pending is ever touched; one whose id is not yet in `id_hashes`
@@ -285,12 +318,22 @@ impl Writer {
             match record {
                 Ok(record) => {
                     tables.log.remove(log_key)?;
+                    tables.payloads()?.remove(log_key)?;
                     let digest = tombstones::fields_digest(&record.transaction);
                     let id = record.transaction.transaction_id.as_str();
                     tombstones.insert(log_key, (dedup_until_ms, digest, id))?;
                     tables
                         .log_by_status
                         .remove((status_key(record.status), log_key))?;
+                    // Its delivery journal goes with it.
+                    let journal = &mut tables.journal()?.attempts;
+                    let attempts: Vec<u32> = journal
+                        .range((log_key, 0)..=(log_key, u32::MAX))?
+                        .map(|row| row.map(|(key, _)| key.value().1))
+                        .collect::<Result<_, _>>()?;
+                    for attempt in attempts {
+                        journal.remove((log_key, attempt))?;
+                    }
                     deleted += 1;
                 }
                 // Damaged data is never deleted unseen: the record stays for

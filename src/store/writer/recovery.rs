@@ -23,7 +23,7 @@ use redb::ReadableTable;
 
 use super::{FAILURE_MEMORY, WriteError, Writer, begin_durable};
 use crate::model::Status;
-use crate::store::schema::{ID_HASHES, LOG};
+use crate::store::schema::{ID_HASHES, LOG, PAYLOADS};
 use crate::store::unacknowledged::Refused;
 use crate::store::{StoreError, encoding};
 
@@ -127,7 +127,7 @@ impl Writer {
 
     /// Deletes, in one durable commit, the log entries failed commits
     /// created that the reopened file shows anyway (an fsync that failed
-    /// after its writes). They have no job or listing rows: those are
+    /// after its writes), with the original bodies kept beside them. They have no job or listing rows: those are
     /// written only for committed entries. Runs before any batch after a
     /// reopen, so every such entry comes from a failed commit; matching
     /// the id and `created_at` guards that invariant.
@@ -142,6 +142,7 @@ impl Writer {
         {
             let mut log = txn.open_table(LOG).map_err(StoreError::storage)?;
             let mut id_hashes = txn.open_table(ID_HASHES).map_err(StoreError::storage)?;
+            let mut payloads = txn.open_table(PAYLOADS).map_err(StoreError::storage)?;
             for refused in &pending {
                 let (id, key) = (&*refused.transaction_id, refused.log_key);
                 let shown = match log.get(key).map_err(StoreError::storage)? {
@@ -155,6 +156,7 @@ impl Writer {
                             && record.status == Status::Processing =>
                     {
                         log.remove(key).map_err(StoreError::storage)?;
+                        payloads.remove(key).map_err(StoreError::storage)?;
                         id_hashes
                             .remove((self.store.id_hash(id), key))
                             .map_err(StoreError::storage)?;
