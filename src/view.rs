@@ -169,7 +169,7 @@ mod tests {
 
     fn delivery_view() -> DeliveryView {
         let transaction = model::parse_payload(
-            br#"{"transaction_id":"t1","source_account":"a","destination_account":"b","amount":"1500.50","currency":"INR"}"#,
+            br#"{"transaction_id":"t1","source_account":"a","destination_account":"b","amount":1500.50,"currency":"INR"}"#,
         )
         .unwrap();
         DeliveryView {
