@@ -273,6 +273,19 @@ pub struct Config {
     )]
     pub deliver_signing_secret_file: Option<PathBuf>,
 
+    /// With --deliver-to: what each delivery carries: `transaction`,
+    /// webhookd's JSON; `original`, the body as received from the
+    /// provider with its Content-Type (needs --payload-map, which keeps it;
+    /// a transaction stored without one is sent as `transaction`).
+    #[arg(
+        long,
+        env = "WEBHOOKD_DELIVER_BODY",
+        default_value = "transaction",
+        value_name = "BODY",
+        value_enum
+    )]
+    pub deliver_body: DeliverBody,
+
     /// With an https:// --deliver-to: PEM certificates to trust instead of
     /// the system's roots.
     #[arg(long, env = "WEBHOOKD_DELIVER_CA_FILE", value_name = "FILE")]
@@ -346,6 +359,17 @@ impl AdminCommand {
 pub enum ExportFormat {
     /// JSON lines.
     Jsonl,
+}
+
+/// `--deliver-body`: which body a delivery carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DeliverBody {
+    /// webhookd's JSON of the transaction.
+    #[default]
+    Transaction,
+    /// The body as received from the provider, with its `Content-Type`
+    /// (needs --payload-map, which keeps it).
+    Original,
 }
 
 /// Log line format.
@@ -530,6 +554,11 @@ fn check_needed_options(matches: &ArgMatches) -> Result<(), clap::Error> {
             }
         }
     }
+    if matches.get_one::<DeliverBody>("deliver_body") == Some(&DeliverBody::Original)
+        && !given("payload_map")
+    {
+        return refuse("--deliver-body original is set without --payload-map: only a mapped webhook's body is kept to be forwarded; set --payload-map, or use --deliver-body transaction".to_owned());
+    }
     match (given("deliver_client_cert"), given("deliver_client_key")) {
         (true, false) => {
             return refuse(
@@ -553,7 +582,7 @@ fn check_needed_options(matches: &ArgMatches) -> Result<(), clap::Error> {
 }
 
 /// The options that only mean something with `--deliver-to`: (clap id, flag).
-const DELIVERY_OPTIONS: [(&str, &str); 7] = [
+const DELIVERY_OPTIONS: [(&str, &str); 8] = [
     ("deliver_timeout", "--deliver-timeout"),
     ("deliver_concurrency", "--deliver-concurrency"),
     ("retry_schedule", "--retry-schedule"),
@@ -561,6 +590,7 @@ const DELIVERY_OPTIONS: [(&str, &str); 7] = [
         "deliver_signing_secret_file",
         "--deliver-signing-secret-file",
     ),
+    ("deliver_body", "--deliver-body"),
     ("deliver_ca_file", "--deliver-ca-file"),
     ("deliver_client_cert", "--deliver-client-cert"),
     ("deliver_client_key", "--deliver-client-key"),
