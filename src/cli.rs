@@ -622,7 +622,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_contract() {
+    fn defaults_are_the_documented_ones() {
         let Parsed::Run(config) = parse_from(["webhookd"]) else {
             panic!("no arguments must parse");
         };
