@@ -146,6 +146,7 @@ cat >"$work/deb.expected" <<'EOF'
 /usr/lib/systemd/system/webhookd.service
 /usr/lib/sysusers.d/webhookd.conf
 /usr/share/bash-completion/completions/webhookd
+/usr/share/doc/webhookd/OPERATING.md
 /usr/share/doc/webhookd/README.md
 /usr/share/doc/webhookd/changelog.Debian.gz
 /usr/share/doc/webhookd/copyright
@@ -217,6 +218,7 @@ cat >"$work/rpm.expected" <<'EOF'
 /usr/lib/systemd/system/webhookd.service
 /usr/lib/sysusers.d/webhookd.conf
 /usr/share/bash-completion/completions/webhookd
+/usr/share/doc/webhookd/OPERATING.md
 /usr/share/doc/webhookd/README.md
 /usr/share/doc/webhookd/changelog
 /usr/share/doc/webhookd/examples/razorpay-payment.captured.json

@@ -50,7 +50,7 @@ pub enum Status {
 }
 
 impl Status {
-    /// The contract's spelling of the status.
+    /// The API's spelling of the status.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {

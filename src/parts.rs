@@ -72,6 +72,7 @@ impl Parts {
                 let wake = waker.clone();
                 let (dispatcher, gate, status) = Dispatcher::start(
                     config,
+                    store.clone(),
                     writer.clone(),
                     Arc::clone(metrics),
                     Box::new(move || wake.nudge()),

@@ -38,16 +38,28 @@ pub fn transaction_json(record: &Record) -> Vec<u8> {
     serde_json::to_vec(&view(record, &amount)).expect("a transaction view always serialises")
 }
 
-/// The view with the body the transaction arrived with, as
-/// `?include=payload` answers it.
+/// A view with the body the transaction arrived with, as
+/// `?include=payload` answers it: `V`'s fields, then these two.
 #[derive(Serialize)]
-struct WithPayload<'a> {
+struct WithPayload<'a, V> {
     #[serde(flatten)]
-    view: TransactionView<'a>,
+    view: V,
     /// The body as received, as a JSON string; `null` if none was kept.
     payload: Option<&'a str>,
     /// The request's `Content-Type`; `null` if no body was kept.
     payload_content_type: Option<&'a str>,
+}
+
+impl<'a, V> WithPayload<'a, V> {
+    /// `payload` is `(content type, body)`, or `None` for a transaction
+    /// stored without one.
+    fn new(view: V, payload: Option<(&'a str, &'a str)>) -> Self {
+        WithPayload {
+            view,
+            payload: payload.map(|(_, body)| body),
+            payload_content_type: payload.map(|(content_type, _)| content_type),
+        }
+    }
 }
 
 /// [`transaction_json`] plus `"payload"` (the body it arrived with, as
@@ -57,12 +69,8 @@ struct WithPayload<'a> {
 #[must_use]
 pub fn transaction_json_with_payload(record: &Record, payload: Option<(&str, &str)>) -> Vec<u8> {
     let amount = amount_json(record);
-    serde_json::to_vec(&WithPayload {
-        view: view(record, &amount),
-        payload: payload.map(|(_, body)| body),
-        payload_content_type: payload.map(|(content_type, _)| content_type),
-    })
-    .expect("a transaction view always serialises")
+    serde_json::to_vec(&WithPayload::new(view(record, &amount), payload))
+        .expect("a transaction view always serialises")
 }
 
 fn amount_json(record: &Record) -> Box<RawValue> {
@@ -112,19 +120,32 @@ struct DeliveredView<'a> {
 /// with `--deliver-to` set.
 #[must_use]
 pub fn delivered_json(view: &DeliveryView) -> Vec<u8> {
+    let amount = amount_json(&view.record);
+    serde_json::to_vec(&delivered_view(view, &amount))
+        .expect("a transaction view always serialises")
+}
+
+/// [`delivered_json`] plus `"payload"` and `"payload_content_type"`, as
+/// in [`transaction_json_with_payload`].
+#[must_use]
+pub fn delivered_json_with_payload(view: &DeliveryView, payload: Option<(&str, &str)>) -> Vec<u8> {
+    let amount = amount_json(&view.record);
+    serde_json::to_vec(&WithPayload::new(delivered_view(view, &amount), payload))
+        .expect("a transaction view always serialises")
+}
+
+fn delivered_view<'a>(view: &'a DeliveryView, amount: &'a RawValue) -> DeliveredView<'a> {
     let record = &view.record;
     let tx = &record.transaction;
-    let amount = RawValue::from_string(model::format_amount(tx.amount))
-        .expect("a formatted decimal is a JSON number");
     let next_attempt_at = match view.open_attempt {
         Some(_) => None,
         None => view.due_ms.map(format_time),
     };
-    serde_json::to_vec(&DeliveredView {
+    DeliveredView {
         transaction_id: &tx.transaction_id,
         source_account: &tx.source_account,
         destination_account: &tx.destination_account,
-        amount: &amount,
+        amount,
         currency: tx.currency.as_str(),
         status: record.status.as_str(),
         created_at: format_time(record.created_at_ms),
@@ -133,8 +154,7 @@ pub fn delivered_json(view: &DeliveryView) -> Vec<u8> {
         next_attempt_at,
         last_error: record.delivery.last_error.as_deref(),
         failed_at: record.delivery.failed_at_ms.map(format_time),
-    })
-    .expect("a transaction view always serialises")
+    }
 }
 
 /// RFC 3339 in UTC with millisecond precision and a `Z` suffix.
@@ -146,6 +166,56 @@ pub fn format_time(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn delivery_view() -> DeliveryView {
+        let transaction = model::parse_payload(
+            br#"{"transaction_id":"t1","source_account":"a","destination_account":"b","amount":1500.50,"currency":"INR"}"#,
+        )
+        .unwrap();
+        DeliveryView {
+            record: Record {
+                transaction,
+                status: model::Status::Failed,
+                created_at_ms: 1_764_000_000_123,
+                processed_at_ms: None,
+                delivery: model::Delivery {
+                    attempts: 3,
+                    schedule_pos: 3,
+                    last_error: Some("HTTP 410 Gone".to_owned()),
+                    failed_at_ms: Some(1_764_000_001_000),
+                },
+            },
+            due_ms: None,
+            open_attempt: None,
+        }
+    }
+
+    #[test]
+    fn the_payload_follows_every_field_of_the_delivery_view() {
+        let view = delivery_view();
+        let plain = String::from_utf8(delivered_json(&view)).unwrap();
+        let body = "{ \"a\" :\r\n1}";
+        let with = String::from_utf8(delivered_json_with_payload(
+            &view,
+            Some(("application/json; charset=utf-8", body)),
+        ))
+        .unwrap();
+        let expected = format!(
+            "{},\"payload\":{},\"payload_content_type\":\"application/json; charset=utf-8\"}}",
+            plain.strip_suffix('}').unwrap(),
+            serde_json::to_string(body).unwrap()
+        );
+        assert_eq!(with, expected);
+        assert!(plain.contains(r#""attempts":3,"next_attempt_at":null,"last_error":"HTTP 410 Gone","failed_at":"2025-11-24T16:00:01.000Z""#), "{plain}");
+        let without = String::from_utf8(delivered_json_with_payload(&view, None)).unwrap();
+        assert_eq!(
+            without,
+            format!(
+                "{},\"payload\":null,\"payload_content_type\":null}}",
+                plain.strip_suffix('}').unwrap()
+            )
+        );
+    }
 
     #[test]
     fn times_are_rfc3339_utc_with_z() {

@@ -59,7 +59,7 @@ _webhookd() {
 
     case "${cmd}" in
         webhookd)
-            opts="-q -h -V --data-dir --quiet --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --payload-map --tls-cert --tls-key --admin-token-file --access-log --log-format --queue-depth --admin-listen --deliver-to --deliver-timeout --deliver-concurrency --retry-schedule --deliver-signing-secret-file --deliver-ca-file --deliver-client-cert --deliver-client-key --help --version inspect export check backup check-map help"
+            opts="-q -h -V --data-dir --quiet --listen --process-delay --max-body-bytes --shutdown-grace --retention --dedup-window --max-connections --header-read-timeout --body-read-timeout --write-timeout --signature-scheme --signing-secrets-file --signature-header --payload-map --tls-cert --tls-key --admin-token-file --access-log --log-format --queue-depth --admin-listen --deliver-to --deliver-timeout --deliver-concurrency --retry-schedule --deliver-signing-secret-file --deliver-body --deliver-ca-file --deliver-client-cert --deliver-client-key --help --version inspect export check backup check-map help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -167,6 +167,10 @@ _webhookd() {
                     ;;
                 --deliver-signing-secret-file)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --deliver-body)
+                    COMPREPLY=($(compgen -W "transaction original" -- "${cur}"))
                     return 0
                     ;;
                 --deliver-ca-file)

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_webhookd_global_optspecs
-    string join \n data-dir= q/quiet listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= tls-cert= tls-key= admin-token-file= access-log log-format= queue-depth= admin-listen= deliver-to= deliver-timeout= deliver-concurrency= retry-schedule= deliver-signing-secret-file= deliver-ca-file= deliver-client-cert= deliver-client-key= h/help V/version
+    string join \n data-dir= q/quiet listen= process-delay= max-body-bytes= shutdown-grace= retention= dedup-window= max-connections= header-read-timeout= body-read-timeout= write-timeout= signature-scheme= signing-secrets-file= signature-header= payload-map= tls-cert= tls-key= admin-token-file= access-log log-format= queue-depth= admin-listen= deliver-to= deliver-timeout= deliver-concurrency= retry-schedule= deliver-signing-secret-file= deliver-body= deliver-ca-file= deliver-client-cert= deliver-client-key= h/help V/version
 end
 
 function __fish_webhookd_needs_command
@@ -53,6 +53,8 @@ complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-timeout -d 'W
 complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-concurrency -d 'With --deliver-to: most delivery attempts in flight at once' -r
 complete -c webhookd -n "__fish_webhookd_needs_command" -l retry-schedule -d 'With --deliver-to: the wait before each attempt, comma-separated; the first counts from the due time, each later one from the end of the attempt before; as many attempts as entries, then FAILED. Non-zero waits get ±20% jitter' -r
 complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-signing-secret-file -d 'With --deliver-to: file of `whsec_…` secrets, one a line; every delivery is signed (Standard Webhooks) with each of them' -r -F
+complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-body -d 'With --deliver-to: what each delivery carries: `transaction`, webhookd\'s JSON; `original`, the body as received from the provider with its Content-Type (needs --payload-map, which keeps it; a transaction stored without one is sent as `transaction`)' -r -f -a "transaction\t'webhookd\'s JSON of the transaction'
+original\t'The body as received from the provider, with its `Content-Type` (needs --payload-map, which keeps it)'"
 complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-ca-file -d 'With an https:// --deliver-to: PEM certificates to trust instead of the system\'s roots' -r -F
 complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-client-cert -d 'With an https:// --deliver-to: PEM client certificate chain for mutual TLS; needs --deliver-client-key' -r -F
 complete -c webhookd -n "__fish_webhookd_needs_command" -l deliver-client-key -d 'With an https:// --deliver-to: PEM private key of --deliver-client-cert' -r -F

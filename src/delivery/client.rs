@@ -12,16 +12,13 @@ use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
-use serde_json::value::RawValue;
 
+use super::body::Outgoing;
 use super::config::DeliveryConfig;
 use crate::clock::now_ms;
-use crate::model::{self, Record};
 use crate::retry::retry_after;
 use crate::signature::Signer;
 use crate::store::attempts::{MAX_ERROR_CHARS, RESPONSE_EXCERPT_BYTES, shorten};
-use crate::view::format_time;
 
 /// Most bytes of an answer's body read (the first
 /// [`RESPONSE_EXCERPT_BYTES`] are kept): reading a short body to its end
@@ -62,6 +59,21 @@ impl AttemptResult {
     pub fn gone(&self) -> bool {
         self.status == Some(410)
     }
+
+    /// An attempt that failed before its request was sent, for `error`.
+    #[must_use]
+    pub fn not_sent(error: &str) -> AttemptResult {
+        let now = now_ms();
+        AttemptResult {
+            started_at_ms: now,
+            finished_at_ms: now,
+            duration: Duration::ZERO,
+            status: None,
+            error: Some(shorten(error, MAX_ERROR_CHARS)),
+            excerpt: None,
+            retry_after: None,
+        }
+    }
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -75,39 +87,11 @@ pub struct DeliveryClient {
     user_agent: HeaderValue,
 }
 
-/// The body of a delivery.
-#[derive(Serialize)]
-struct Body<'a> {
-    transaction_id: &'a str,
-    source_account: &'a str,
-    destination_account: &'a str,
-    amount: &'a RawValue,
-    currency: &'a str,
-    created_at: String,
-}
-
 /// The `webhook-id` (and `Idempotency-Key`) of the transaction at
 /// `log_key`: fixed for its life, different for every transaction stored.
 #[must_use]
 pub fn webhook_id(log_key: u64) -> String {
     format!("msg_{log_key:016x}")
-}
-
-/// The JSON body delivered for a transaction, the amount exactly as stored.
-#[must_use]
-pub fn body_of(record: &Record) -> Vec<u8> {
-    let tx = &record.transaction;
-    let amount = RawValue::from_string(model::format_amount(tx.amount))
-        .expect("a formatted decimal is a JSON number");
-    serde_json::to_vec(&Body {
-        transaction_id: &tx.transaction_id,
-        source_account: &tx.source_account,
-        destination_account: &tx.destination_account,
-        amount: &amount,
-        currency: tx.currency.as_str(),
-        created_at: format_time(record.created_at_ms),
-    })
-    .expect("a delivery body always serialises")
 }
 
 impl DeliveryClient {
@@ -144,13 +128,14 @@ impl DeliveryClient {
         }
     }
 
-    /// Sends attempt `attempt` of the transaction at `log_key`. Never
-    /// longer than the timeout, whatever the destination does.
-    pub async fn attempt(&self, log_key: u64, attempt: u32, record: &Record) -> AttemptResult {
+    /// Sends attempt `attempt` of the transaction at `log_key` with
+    /// `outgoing` as its body. Never longer than the timeout, whatever the
+    /// destination does.
+    pub async fn attempt(&self, log_key: u64, attempt: u32, outgoing: &Outgoing) -> AttemptResult {
         let started = Instant::now();
         let started_at_ms = now_ms();
         let outcome =
-            tokio::time::timeout(self.timeout, self.exchange(log_key, attempt, record)).await;
+            tokio::time::timeout(self.timeout, self.exchange(log_key, attempt, outgoing)).await;
         let duration = started.elapsed();
         let finished_at_ms = now_ms().max(started_at_ms);
         let mut result = AttemptResult {
@@ -197,23 +182,23 @@ impl DeliveryClient {
         &self,
         log_key: u64,
         attempt: u32,
-        record: &Record,
+        outgoing: &Outgoing,
     ) -> Result<Answer, String> {
         let id = webhook_id(log_key);
-        let body = body_of(record);
+        let body = &outgoing.body;
         let timestamp = now_ms() / 1000;
         let mut request = Request::post(self.url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, outgoing.content_type.clone())
             .header(header::USER_AGENT, self.user_agent.clone())
             .header("webhook-id", &id)
             .header("idempotency-key", &id)
             .header("webhook-timestamp", timestamp)
             .header("webhook-attempt", attempt);
         if let Some(signer) = &self.signer {
-            request = request.header("webhook-signature", signer.sign(&id, timestamp, &body));
+            request = request.header("webhook-signature", signer.sign(&id, timestamp, body));
         }
         let request = request
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body.clone()))
             .map_err(|e| format!("cannot build the request: {e}"))?;
         let response = self
             .client

@@ -10,7 +10,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::cli::Config;
+use crate::cli::{Config, DeliverBody};
 use crate::retry::RetrySchedule;
 use crate::signature::{SignError, Signer};
 
@@ -29,6 +29,8 @@ pub struct DeliveryConfig {
     pub signer: Option<Signer>,
     /// TLS for an `https://` URL.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Which body each delivery carries.
+    pub body: DeliverBody,
 }
 
 impl std::fmt::Debug for DeliveryConfig {
@@ -40,6 +42,7 @@ impl std::fmt::Debug for DeliveryConfig {
             .field("schedule", &self.schedule.to_string())
             .field("signed", &self.signer.is_some())
             .field("tls", &self.tls.is_some())
+            .field("body", &self.body)
             .finish()
     }
 }
@@ -117,6 +120,7 @@ impl DeliveryConfig {
             schedule: Arc::new(config.retry_schedule.clone()),
             signer,
             tls,
+            body: config.deliver_body,
         }))
     }
 }

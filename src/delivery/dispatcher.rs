@@ -23,15 +23,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::body::BodySource;
 use super::breaker::{Breaker, Change};
 use super::client::{AttemptResult, DeliveryClient};
 use super::config::DeliveryConfig;
 use crate::metrics::Metrics;
 use crate::model::Record;
 use crate::retry::RetrySchedule;
-use crate::store::Job;
 use crate::store::attempts::{AttemptOutcome, StoredAttempt};
 use crate::store::writer::{Finish, Next, Started, WriteError, WriterHandle};
+use crate::store::{Job, Store};
 
 /// Pause before starting attempts again after the journal refused a start.
 const HOLD_OFF_AFTER_ERROR: Duration = Duration::from_secs(1);
@@ -205,10 +206,12 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts the dispatcher on the current runtime; returns it with the
-    /// scheduler's gate and the status `GET /` reads. `wake_scheduler` is
+    /// scheduler's gate and the status `GET /` reads. `store` is read for
+    /// original bodies (`--deliver-body original`); `wake_scheduler` is
     /// called whenever a slot or a busy transaction frees up.
     pub fn start(
         config: &DeliveryConfig,
+        store: Store,
         writer: WriterHandle,
         metrics: Arc<Metrics>,
         wake_scheduler: Box<dyn Fn() + Send + Sync>,
@@ -227,14 +230,17 @@ impl Dispatcher {
         });
         let (handover, handed) = mpsc::unbounded_channel();
         let (stop, stopping) = watch::channel(None);
-        let client = Arc::new(DeliveryClient::new(config));
+        let sender = Sender {
+            client: DeliveryClient::new(config),
+            bodies: BodySource::new(config.body, store),
+            schedule: Arc::clone(&config.schedule),
+        };
         let task = tokio::spawn(run(
             Arc::clone(&shared),
             handed,
             stopping,
             writer,
-            client,
-            Arc::clone(&config.schedule),
+            Arc::new(sender),
         ));
         (
             Dispatcher { task, stop },
@@ -262,8 +268,7 @@ async fn run(
     mut handed: mpsc::UnboundedReceiver<Handed>,
     mut stopping: watch::Receiver<Option<tokio::time::Instant>>,
     writer: WriterHandle,
-    client: Arc<DeliveryClient>,
-    schedule: Arc<RetrySchedule>,
+    sender: Arc<Sender>,
 ) {
     let mut attempts = JoinSet::new();
     loop {
@@ -298,8 +303,7 @@ async fn run(
                             attempts.spawn(attempt_task(
                                 Arc::clone(&shared),
                                 writer.clone(),
-                                Arc::clone(&client),
-                                Arc::clone(&schedule),
+                                Arc::clone(&sender),
                                 Attempt {
                                     log_key,
                                     number: attempt,
@@ -355,6 +359,13 @@ async fn run(
     }
 }
 
+/// What every attempt is sent with.
+struct Sender {
+    client: DeliveryClient,
+    bodies: BodySource,
+    schedule: Arc<RetrySchedule>,
+}
+
 struct Attempt {
     log_key: u64,
     number: u32,
@@ -365,22 +376,38 @@ struct Attempt {
 async fn attempt_task(
     shared: Arc<Shared>,
     writer: WriterHandle,
-    client: Arc<DeliveryClient>,
-    schedule: Arc<RetrySchedule>,
+    sender: Arc<Sender>,
     attempt: Attempt,
 ) {
-    let result = client
-        .attempt(attempt.log_key, attempt.number, &attempt.record)
-        .await;
+    let (result, sent) = match sender.bodies.body(attempt.log_key, &attempt.record).await {
+        Ok(outgoing) => (
+            sender
+                .client
+                .attempt(attempt.log_key, attempt.number, &outgoing)
+                .await,
+            true,
+        ),
+        // Journaled as a failed attempt that sent nothing; the schedule
+        // goes on, as for any failure.
+        Err(e) => {
+            tracing::warn!(error = %e, log_key = attempt.log_key, "delivery attempt not sent");
+            (AttemptResult::not_sent(&e.to_string()), false)
+        }
+    };
     let delivered = result.delivered();
     // A 410 is the destination up and answering on purpose: for the
-    // breaker it counts as a success, not as a sign of an outage.
-    shared.request_ended(Some(delivered || result.gone()), attempt.probe);
+    // breaker it counts as a success, not as a sign of an outage. An
+    // attempt never sent tells nothing about the destination.
+    shared.request_ended(sent.then_some(delivered || result.gone()), attempt.probe);
     shared.metrics.delivery_attempt(
         if delivered { "delivered" } else { "failed" },
         result.duration,
     );
-    let next = next_step(&result, &schedule, attempt.record.delivery.schedule_pos);
+    let next = next_step(
+        &result,
+        &sender.schedule,
+        attempt.record.delivery.schedule_pos,
+    );
     let finish = Finish {
         log_key: attempt.log_key,
         attempt: attempt.number,

@@ -2,6 +2,7 @@
 //! it to that URL in a POST; it is PROCESSED only once the destination answered 2xx.
 //!
 //! - [`config`]: the flags, checked and loaded before the data dir is touched;
+//! - [`body`]: what a delivery carries (`--deliver-body`);
 //! - [`client`]: one attempt over HTTP (hyper-util's pooled client, rustls);
 //! - [`breaker`]: pausing delivery while the destination is down;
 //! - [`dispatcher`]: attempts in flight, journaled through the writer;
@@ -12,6 +13,7 @@
 //! [`crate::store::writer::delivery`]); the signature is
 //! [`crate::signature::Signer`].
 
+pub mod body;
 pub mod breaker;
 pub mod client;
 pub mod config;

@@ -1,12 +1,14 @@
 //! `GET /v1/transactions/{id}?include=payload`: the transaction with the
 //! body it was mapped from.
 //!
-//! The body is returned as a JSON string, `"payload"`, beside
-//! `"payload_content_type"`: decoding that string gives back the bytes
-//! received, exactly (a stored body is valid UTF-8, and a JSON string
-//! carries any UTF-8 text unchanged), where embedding it as JSON would
-//! let the client's parser change its whitespace, key order and number
-//! text. Both are `null` for a transaction stored without a payload map.
+//! The answer is the view the route gives without the parameter (with
+//! `--deliver-to`, the delivery fields included), then the body as a JSON
+//! string, `"payload"`, and `"payload_content_type"`: decoding that
+//! string gives back the bytes received, exactly (a stored body is valid
+//! UTF-8, and a JSON string carries any UTF-8 text unchanged), where
+//! embedding it as JSON would let the client's parser change its
+//! whitespace, key order and number text. Both are `null` for a
+//! transaction stored without a payload map.
 //!
 //! The only parameter is `include`, once, with the one value `payload`;
 //! anything else is 422 naming the parameter, so a typo never silently

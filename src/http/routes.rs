@@ -23,9 +23,12 @@ use super::{AppState, Face, access, delivery, health, listing, mapped, openapi, 
 use crate::clock::now_ms;
 use crate::metrics::{Format, Route, WebhookOutcome};
 use crate::model;
-use crate::store::Store;
+use crate::store::StoreError;
+use crate::store::payloads::OriginalBody;
 use crate::store::writer::AcceptOutcome;
-use crate::view::{delivered_json, transaction_json, transaction_json_with_payload};
+use crate::view::{
+    delivered_json, delivered_json_with_payload, transaction_json, transaction_json_with_payload,
+};
 
 const WEBHOOKS_PATH: &str = "/v1/webhooks/transactions";
 const TRANSACTIONS_PATH: &str = "/v1/transactions";
@@ -332,6 +335,9 @@ pub(super) fn is_json_content_type(value: Option<&HeaderValue>) -> bool {
 
 // --- GET /v1/transactions/{id} -------------------------------------------
 
+/// The transaction as the API shows it (with `--deliver-to`, with its
+/// delivery fields), and with `include=payload` the body it arrived with
+/// after them; each answer is read from one snapshot.
 async fn status(state: &AppState, raw_id: &str, include: Include) -> Response<Full<Bytes>> {
     // Ids are UTF-8 by validation, so a path that does not decode to UTF-8
     // cannot name a stored transaction.
@@ -343,51 +349,55 @@ async fn status(state: &AppState, raw_id: &str, include: Include) -> Response<Fu
     }
     let id = id.into_owned();
     let store = state.store.clone();
-    if include.payload {
-        return with_payload(store, id).await;
-    }
-    if state.delivery.is_some() {
-        return match tokio::task::spawn_blocking(move || store.delivery_view(&id)).await {
-            Ok(Ok(Some(view))) => json_bytes(StatusCode::OK, delivered_json(&view)),
-            Ok(Ok(None)) => ApiError::NotFound("no such transaction").response(),
-            Ok(Err(e)) => ApiError::read_failed(format!("transaction read failed: {e}")).response(),
-            Err(e) => {
-                ApiError::read_failed(format!("transaction read task failed: {e}")).response()
-            }
-        };
-    }
-    match tokio::task::spawn_blocking(move || store.get(&id)).await {
-        Ok(Ok(Some(record))) => json_bytes(StatusCode::OK, transaction_json(&record)),
+    let delivers = state.delivery.is_some();
+    let read = move || -> Result<Option<Vec<u8>>, ReadError> {
+        Ok(match (delivers, include.payload) {
+            (false, false) => store.get(&id)?.map(|record| transaction_json(&record)),
+            (true, false) => store.delivery_view(&id)?.map(|view| delivered_json(&view)),
+            (false, true) => match store.get_with_original(&id)? {
+                None => None,
+                Some((record, original)) => Some(transaction_json_with_payload(
+                    &record,
+                    payload_text(original.as_ref())?,
+                )),
+            },
+            (true, true) => match store.delivery_view_with_original(&id)? {
+                None => None,
+                Some((view, original)) => Some(delivered_json_with_payload(
+                    &view,
+                    payload_text(original.as_ref())?,
+                )),
+            },
+        })
+    };
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(Some(json))) => json_bytes(StatusCode::OK, json),
         Ok(Ok(None)) => ApiError::NotFound("no such transaction").response(),
-        Ok(Err(e)) => ApiError::read_failed(format!("transaction read failed: {e}")).response(),
+        Ok(Err(e)) => ApiError::read_failed(e.to_string()).response(),
         Err(e) => ApiError::read_failed(format!("transaction read task failed: {e}")).response(),
     }
 }
 
-/// `?include=payload`: the transaction and the body it arrived with.
-async fn with_payload(store: Store, id: String) -> Response<Full<Bytes>> {
-    match tokio::task::spawn_blocking(move || store.get_with_original(&id)).await {
-        Ok(Ok(Some((record, original)))) => {
-            let payload = match &original {
-                None => None,
-                Some(original) => match std::str::from_utf8(&original.body) {
-                    Ok(body) => Some((original.content_type.as_str(), body)),
-                    // Decoding checks this; only damage gets here.
-                    Err(e) => {
-                        return ApiError::read_failed(format!("original body read failed: {e}"))
-                            .response();
-                    }
-                },
-            };
-            json_bytes(
-                StatusCode::OK,
-                transaction_json_with_payload(&record, payload),
-            )
-        }
-        Ok(Ok(None)) => ApiError::NotFound("no such transaction").response(),
-        Ok(Err(e)) => ApiError::read_failed(format!("transaction read failed: {e}")).response(),
-        Err(e) => ApiError::read_failed(format!("transaction read task failed: {e}")).response(),
-    }
+/// Why a transaction could not be read for `GET /v1/transactions/{id}`.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("transaction read failed: {0}")]
+    Store(#[from] StoreError),
+    /// Decoding a stored body checks this; only damage gets here.
+    #[error("original body read failed: {0}")]
+    NotText(#[from] std::str::Utf8Error),
+}
+
+/// `(content type, body)` of a kept body, the body as text.
+fn payload_text(original: Option<&OriginalBody>) -> Result<Option<(&str, &str)>, ReadError> {
+    original
+        .map(|original| {
+            Ok((
+                original.content_type.as_str(),
+                std::str::from_utf8(&original.body)?,
+            ))
+        })
+        .transpose()
 }
 
 #[cfg(test)]

@@ -52,7 +52,15 @@ impl Store {
     pub fn delivery_view(&self, transaction_id: &str) -> Result<Option<DeliveryView>, StoreError> {
         let mut lookup = self.look_up_id(transaction_id);
         let snapshot = self.snapshot()?;
-        let Some((key, record, due)) = Store::find_in(&snapshot, &mut lookup)? else {
+        Ok(Store::delivery_view_in(&snapshot, &mut lookup)?.map(|(_, view)| view))
+    }
+
+    /// [`Store::delivery_view`] in `snapshot`, with the transaction's log key.
+    pub(super) fn delivery_view_in(
+        snapshot: &Snapshot,
+        lookup: &mut super::ids::IdLookup<'_>,
+    ) -> Result<Option<(u64, DeliveryView)>, StoreError> {
+        let Some((key, record, due)) = Store::find_in(snapshot, lookup)? else {
             return Ok(None);
         };
         let open_attempt = snapshot
@@ -61,11 +69,14 @@ impl Store {
             .map_err(StoreError::storage)?
             .map(|v| v.value());
         let due_ms = due.filter(|_| record.status == Status::Processing);
-        Ok(Some(DeliveryView {
-            record,
-            due_ms,
-            open_attempt,
-        }))
+        Ok(Some((
+            key,
+            DeliveryView {
+                record,
+                due_ms,
+                open_attempt,
+            },
+        )))
     }
 
     /// The attempts of a transaction, oldest first (at most the newest

@@ -18,6 +18,7 @@
 use bytes::Bytes;
 use redb::{ReadableTable, Table};
 
+use super::delivery_read::DeliveryView;
 use super::read::Snapshot;
 use super::schema::{ID_HASHES, LOG, PAYLOADS};
 use super::{Store, StoreError};
@@ -123,6 +124,20 @@ impl Store {
             Some((key, Ok(record))) => Ok(Some((record, read(&snapshot, key)?))),
             Some((key, Err(source))) => Err(StoreError::Corrupt { key, source }),
         }
+    }
+
+    /// [`Store::delivery_view`] with the transaction's original body if
+    /// one was kept, both from one snapshot.
+    pub fn delivery_view_with_original(
+        &self,
+        transaction_id: &str,
+    ) -> Result<Option<(DeliveryView, Option<OriginalBody>)>, StoreError> {
+        let mut lookup = self.look_up_id(transaction_id);
+        let snapshot = self.snapshot()?;
+        let Some((key, view)) = Store::delivery_view_in(&snapshot, &mut lookup)? else {
+            return Ok(None);
+        };
+        Ok(Some((view, read(&snapshot, key)?)))
     }
 }
 
