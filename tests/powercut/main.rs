@@ -14,19 +14,23 @@
 //! workload's and the cuts' random choices. A failure saves the file and
 //! the ledger of that cut and prints the command that checks them again.
 //!
-//! Outgoing requests (deliveries) fit the same shape: a receiver the test
-//! runs records each request it gets with the disk's moment, as the
-//! ledger does for answers ([`workload::Exchange`]); a cut at a moment
-//! must then hold an attempt record for every request received by that
-//! moment (one more check in [`verify::check_cut`], reading the attempts
-//! table as [`verify`] reads the tombstones).
+//! Deliveries fit the same shape: the destination a run delivers to
+//! records each request it gets with the disk's moment, as the ledger
+//! does for answers; a cut at a moment must then hold an attempt record
+//! for every request received by that moment ([`deliveries`]), and a
+//! fresh server on it delivers each pending transaction once
+//! ([`fresh`]).
 
 mod bitflip;
 #[path = "../common/mod.rs"]
 mod common;
 mod cut;
+mod deliveries;
 mod disk;
+mod fresh;
 mod server;
+#[path = "../common/sink.rs"]
+mod sink;
 mod verify;
 mod workload;
 
@@ -51,7 +55,7 @@ const CUTS_PER_RUN: usize = 1_000;
 /// Threads checking cut images while the next ones are built.
 const CHECKERS: usize = 2;
 
-static SCENARIOS: [Scenario; 3] = [
+static SCENARIOS: [Scenario; 4] = [
     // Processing 2 s after acceptance, so every rows merge covers every
     // entry (the threshold one in chunks while webhooks flow, the idle one
     // at once) and jobs get rows before they are done; retention purges a
@@ -63,6 +67,7 @@ static SCENARIOS: [Scenario; 3] = [
         retention_ms: Some(1_000),
         window_ms: 3_600_000,
         replay_horizon_ms: None,
+        deliver: false,
         steps: &[
             Step::Burst(5_000),
             Step::Idle(700),
@@ -83,6 +88,7 @@ static SCENARIOS: [Scenario; 3] = [
         retention_ms: Some(300),
         window_ms: 800,
         replay_horizon_ms: Some(300),
+        deliver: false,
         steps: &[
             Step::Burst(2_000),
             Step::Idle(1_500),
@@ -104,10 +110,34 @@ static SCENARIOS: [Scenario; 3] = [
         retention_ms: None,
         window_ms: 3_600_000,
         replay_horizon_ms: None,
+        deliver: false,
         steps: &[
             Step::Burst(20_000),
             Step::UntilMerged,
             Step::CutDuring(4_000),
+        ],
+        weight: 1,
+    },
+    // Deliveries to a destination that answers most attempts 200, some
+    // 500 (tried again, up to four attempts) and a few 410 (FAILED at
+    // once): attempts journaled before they leave, outcomes, retries,
+    // FAILED transactions, reads that show them; a restart records the
+    // attempts it cut off as interrupted.
+    Scenario {
+        name: "deliveries",
+        delay_ms: 200,
+        retention_ms: None,
+        window_ms: 3_600_000,
+        replay_horizon_ms: None,
+        deliver: true,
+        steps: &[
+            Step::Burst(2_000),
+            Step::Idle(800),
+            Step::Burst(1_500),
+            Step::Restart,
+            Step::Burst(1_000),
+            Step::Idle(500),
+            Step::CutDuring(1_500),
         ],
         weight: 1,
     },
@@ -132,6 +162,9 @@ struct Tally {
     id_merge_part_way: usize,
     with_job_rows: usize,
     with_tail_ids: usize,
+    requests_journaled: usize,
+    with_failed: usize,
+    with_open_attempts: usize,
     processed_after: u64,
 }
 
@@ -153,6 +186,9 @@ impl Tally {
         self.id_merge_part_way += other.id_merge_part_way;
         self.with_job_rows += other.with_job_rows;
         self.with_tail_ids += other.with_tail_ids;
+        self.requests_journaled += other.requests_journaled;
+        self.with_failed += other.with_failed;
+        self.with_open_attempts += other.with_open_attempts;
         self.processed_after += other.processed_after;
     }
 
@@ -175,6 +211,9 @@ impl Tally {
         self.id_merge_part_way += usize::from(found.id_merge_part_way);
         self.with_job_rows += usize::from(found.job_rows > 0);
         self.with_tail_ids += usize::from(found.tail_ids > 0);
+        self.requests_journaled += found.requests_journaled;
+        self.with_failed += usize::from(found.failed > 0);
+        self.with_open_attempts += usize::from(found.open_attempts > 0);
         self.processed_after += found.processed_after;
     }
 }
@@ -229,14 +268,20 @@ fn a_power_cut_at_any_moment_loses_nothing_acknowledged() {
                 wrong.len(),
                 &wrong[..wrong.len().min(5)]
             );
+            assert!(
+                !scenario.deliver || run.received.iter().any(|r| r.status == 200),
+                "{}: the destination received no delivery",
+                scenario.name
+            );
             let expect = verify::expectations(&run.exchanges, run.ids);
             let acked = expect.iter().filter(|e| e.acked_at.is_some()).count();
             acknowledged += acked;
             let ops = |f: fn(&disk::Op) -> bool| run.history.iter().filter(|r| f(&r.op)).count();
             eprintln!(
-                "{} run {r}: {} ids posted, {acked} answered 202, {} ops on disk ({} syncs, {} set_len), live cut at {} ({})",
+                "{} run {r}: {} ids posted, {acked} answered 202, {} requests delivered, {} ops on disk ({} syncs, {} set_len), live cut at {} ({})",
                 scenario.name,
                 run.ids,
+                run.received.len(),
                 run.history.len(),
                 ops(|op| matches!(op, disk::Op::Sync)),
                 ops(|op| matches!(op, disk::Op::SetLen(_))),
@@ -249,7 +294,7 @@ fn a_power_cut_at_any_moment_loses_nothing_acknowledged() {
         totals.merge(&tally);
     }
     eprintln!(
-        "power cuts: {} cut points, {acknowledged} webhooks answered 202, {} images needed repair (longest open with its repair {:?}), {} with a header that landed without all its pages; over all cut points {} acknowledged transactions found stored, {} purged with a tombstone, {} purged and past their window; in {:?}",
+        "power cuts: {} cut points, {acknowledged} webhooks answered 202, {} images needed repair (longest open with its repair {:?}), {} with a header that landed without all its pages; over all cut points {} acknowledged transactions found stored, {} purged with a tombstone, {} purged and past their window; {} delivery requests found journaled, {} images with attempts in flight; in {:?}",
         totals.cuts,
         totals.repaired,
         totals.longest_repair,
@@ -257,6 +302,8 @@ fn a_power_cut_at_any_moment_loses_nothing_acknowledged() {
         totals.acked_stored,
         totals.acked_purged,
         totals.acked_expired,
+        totals.requests_journaled,
+        totals.with_open_attempts,
         started.elapsed()
     );
     assert!(totals.cuts >= total);
@@ -291,6 +338,7 @@ fn cut_points(run: &Run, expect: &[verify::Expect], cuts: usize, seed: u64) -> T
                     let cut = Cut {
                         scenario: run.scenario,
                         expect,
+                        received: &run.received,
                         moment,
                         wall_ms: wall_ms(moment),
                     };
@@ -407,6 +455,7 @@ fn save_failure(run: &Run, cut: &Cut<'_>, cut_seed: u64, image: &[u8]) -> PathBu
         "wall_ms": cut.wall_ms,
         "seed": cut_seed,
         "exchanges": run.exchanges,
+        "received": run.received,
     });
     std::fs::write(dir.join("cut.json"), cut.to_string()).expect("save ledger");
     dir
@@ -430,10 +479,13 @@ fn replay_a_saved_cut() {
         .expect("a known scenario");
     let exchanges: Vec<workload::Exchange> =
         serde_json::from_value(saved["exchanges"].clone()).expect("exchanges");
+    let received: Vec<deliveries::Received> =
+        serde_json::from_value(saved["received"].clone()).expect("received");
     let expect = verify::expectations(&exchanges, saved["ids"].as_u64().unwrap() as usize);
     let cut = Cut {
         scenario,
         expect: &expect,
+        received: &received,
         moment: saved["moment"].as_u64().unwrap() as usize,
         wall_ms: saved["wall_ms"].as_u64().unwrap(),
     };

@@ -9,14 +9,12 @@
 //!    retention purged it, which leaves a tombstone whose window started no
 //!    sooner than the purge could have; or that tombstone's window could
 //!    have ended before the cut.
-//! 4. A fresh server on the file processes every pending job exactly once
-//!    (its processed counter equals the PROCESSING transactions the file
-//!    held), changes no `processed_at` already set, answers redeliveries
-//!    of stored and purged ids as duplicates, a changed payload as a
-//!    conflict, and stores a new id; the file it leaves passes `check`
-//!    with no pending job.
+//! 4. With deliveries: every request the destination received by the cut
+//!    has its attempt journaled ([`crate::deliveries::check_journal`]).
+//! 5. A fresh server on the file processes every pending job exactly once
+//!    ([`crate::fresh`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +23,8 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use webhookd::model::{NewTransaction, Record, Status};
 use webhookd::store::{Access, NoProgress, SCHEMA_VERSION, Store};
 
-use crate::common::{DEADLINE, now_millis, poll_until};
+use crate::deliveries::{self, Received};
 use crate::disk::{Disk, DiskOpener};
-use crate::server::{Client, Server};
 use crate::workload::{Exchange, Kind, Scenario, id_number, payload, transaction_id};
 
 // The tables these checks read directly (the store has no API for them).
@@ -37,6 +34,8 @@ const ID_HASHES: TableDefinition<(u64, u64), ()> = TableDefinition::new("id_hash
 const JOBS_BY_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("jobs_by_due");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
+const ATTEMPTS_OPEN: TableDefinition<u64, u32> = TableDefinition::new("attempts_open");
 
 /// What the ledger says about one id.
 #[derive(Debug, Default, Clone)]
@@ -47,6 +46,8 @@ pub struct Expect {
     pub acked_at: Option<usize>,
     /// Answers that showed it PROCESSED: (moment read, `processed_at` if shown).
     pub processed: Vec<(usize, Option<u64>)>,
+    /// Moments of answers that showed it FAILED.
+    pub failed: Vec<usize>,
     /// Reads that showed its `created_at`: (moment read, ms).
     pub created: Vec<(usize, u64)>,
     /// The earliest moment a read found it gone (purged).
@@ -69,6 +70,9 @@ pub fn expectations(exchanges: &[Exchange], ids: usize) -> Vec<Expect> {
         }
         if ex.shown_status.as_deref() == Some("PROCESSED") {
             e.processed.push((ex.answered_at, ex.processed_ms));
+        }
+        if ex.shown_status.as_deref() == Some("FAILED") {
+            e.failed.push(ex.answered_at);
         }
         if let Some(created) = ex.created_ms {
             e.created.push((ex.answered_at, created));
@@ -101,6 +105,11 @@ pub struct Found {
     pub tail_ids: usize,
     pub id_merge_part_way: bool,
     pub job_rows: usize,
+    /// Requests received by the cut, each found journaled; FAILED
+    /// transactions; attempts left open (in flight at the cut).
+    pub requests_journaled: usize,
+    pub failed: usize,
+    pub open_attempts: usize,
     /// Jobs the fresh server processed.
     pub processed_after: u64,
 }
@@ -109,6 +118,8 @@ pub struct Found {
 pub struct Cut<'a> {
     pub scenario: &'static Scenario,
     pub expect: &'a [Expect],
+    /// The requests the destination received in the run.
+    pub received: &'a [Received],
     /// The moment of the disk at the cut, and its wall time (ms).
     pub moment: usize,
     pub wall_ms: u64,
@@ -132,10 +143,10 @@ pub fn check_cut(cut: &Cut<'_>, image: Vec<u8>, dir: &Path) -> Result<Found, Str
     if !report.problems.is_empty() {
         return Err(format!("check found: {:#?}", report.problems));
     }
-    let stored = stored_records(&store)?;
+    let (stored, keys) = stored_records(&store)?;
     for (n, record) in &stored {
         same_fields(*n, record)?;
-        if !matches!(record.status, Status::Processing | Status::Processed) {
+        if record.status == Status::Failed && !cut.scenario.deliver {
             return Err(format!(
                 "{} is {:?}, in runs that deliver nothing",
                 transaction_id(*n),
@@ -159,12 +170,25 @@ pub fn check_cut(cut: &Cut<'_>, image: Vec<u8>, dir: &Path) -> Result<Found, Str
     found.tail_ids = tables.tail_ids;
     found.id_merge_part_way = tables.id_merge_part_way;
     found.job_rows = tables.job_rows;
+    found.open_attempts = tables.open_attempts.len();
     as_acknowledged(cut, &stored, &tables, &mut found)?;
+    if cut.scenario.deliver {
+        let journal = deliveries::check_journal(
+            cut.received,
+            cut.moment,
+            &stored,
+            &keys,
+            &tables.attempts,
+            &tables.open_attempts,
+        )?;
+        found.requests_journaled = journal.requests;
+        found.failed = journal.failed;
+    }
     found.processing = stored
         .values()
         .filter(|r| r.status == Status::Processing)
         .count();
-    found.processed_after = fresh_server(cut, &opener, dir, &stored, &tables)?;
+    found.processed_after = crate::fresh::run(cut, &opener, dir, &stored, &keys, &tables)?;
     Ok(found)
 }
 
@@ -182,6 +206,7 @@ fn as_acknowledged(
         expect,
         moment,
         wall_ms,
+        ..
     } = *cut;
     for (n, e) in expect.iter().enumerate() {
         let acked = e.acked_at.is_some_and(|at| at <= moment);
@@ -251,14 +276,19 @@ fn needs_repair(disk: &Arc<Disk>) -> bool {
     )
 }
 
-/// Every record of the log, by id number.
-fn stored_records(store: &Store) -> Result<HashMap<usize, Record>, String> {
+/// Records and log keys, by id number.
+pub type ByNumber = (HashMap<usize, Record>, HashMap<usize, u64>);
+
+/// Every record of the log, and its log key, by id number.
+pub fn stored_records(store: &Store) -> Result<ByNumber, String> {
     let mut stored = HashMap::new();
+    let mut keys = HashMap::new();
     let mut failure = None;
     store
         .for_each_transaction(&NoProgress, |key, record| match record {
             Ok(record) => {
                 if let Some(n) = id_number(&record.transaction.transaction_id) {
+                    keys.insert(n, key);
                     if stored.insert(n, record).is_some() {
                         failure = Some(format!("id number {n} stored twice"));
                     }
@@ -273,11 +303,11 @@ fn stored_records(store: &Store) -> Result<HashMap<usize, Record>, String> {
             }
         })
         .map_err(|e| format!("reading the log failed: {e}"))?;
-    failure.map_or(Ok(stored), Err)
+    failure.map_or(Ok((stored, keys)), Err)
 }
 
 /// The payload `n` was posted with, as parsed.
-fn canonical(n: usize) -> NewTransaction {
+pub fn canonical(n: usize) -> NewTransaction {
     webhookd::model::parse_payload(payload(n, false).as_bytes()).expect("a valid payload")
 }
 
@@ -326,6 +356,14 @@ fn as_answered(
             ));
         }
     }
+    if let Some(at) = e.failed.iter().copied().filter(|&at| at <= moment).min()
+        && record.status != Status::Failed
+    {
+        return Err(format!(
+            "{id} was shown FAILED at moment {at} and is {:?} after the cut at {moment}",
+            record.status
+        ));
+    }
     for &(at, created_ms) in &e.created {
         if at <= moment && record.created_at_ms != created_ms {
             return Err(format!(
@@ -352,12 +390,15 @@ fn as_answered(
 }
 
 /// What the checks read straight from the file's tables.
-struct Tables {
+pub struct Tables {
     /// Id of each tombstone → the end of its window.
-    tombstones: HashMap<String, u64>,
+    pub tombstones: HashMap<String, u64>,
     tail_ids: usize,
     id_merge_part_way: bool,
     job_rows: usize,
+    /// `(log key, attempt)` of every journaled attempt, and of those open.
+    attempts: HashSet<(u64, u32)>,
+    pub open_attempts: Vec<(u64, u32)>,
 }
 
 impl Tables {
@@ -397,196 +438,24 @@ impl Tables {
                 }
             }
             let job_rows = txn.open_table(JOBS_BY_DUE)?.len()? as usize;
+            let mut attempts = HashSet::new();
+            for row in txn.open_table(ATTEMPTS)?.iter()? {
+                attempts.insert(row?.0.value());
+            }
+            let mut open_attempts = Vec::new();
+            for row in txn.open_table(ATTEMPTS_OPEN)?.iter()? {
+                let (key, attempt) = row?;
+                open_attempts.push((key.value(), attempt.value()));
+            }
             Ok(Tables {
                 tombstones,
                 tail_ids,
                 id_merge_part_way,
                 job_rows,
+                attempts,
+                open_attempts,
             })
         };
         read().map_err(|e| format!("reading the tables failed: {e}"))
     }
-}
-
-/// A fresh server on the file: processing, redeliveries, a conflict, a new
-/// id; then the file it leaves. Returns how many jobs it processed.
-fn fresh_server(
-    cut: &Cut<'_>,
-    opener: &DiskOpener,
-    dir: &Path,
-    stored: &HashMap<usize, Record>,
-    tables: &Tables,
-) -> Result<u64, String> {
-    let pending = stored
-        .values()
-        .filter(|r| r.status == Status::Processing)
-        .count() as u64;
-    opener.stand_in(dir);
-    let server = Server::start(dir, opener.clone(), &["--process-delay", "0s"]);
-    let mut client = Client::new(server.addr);
-    redeliveries(cut, &mut client, stored, tables)?;
-    // A new id is stored and processed too.
-    let new = cut.expect.len() + 1;
-    let r = post(&mut client, new, false)?;
-    if r.status != 202 || r.json()["duplicate"] != false {
-        return Err(format!("a new id answered {} {}", r.status, r.body));
-    }
-    let expected = pending + 1;
-    let processed = poll_until(
-        DEADLINE,
-        "the fresh server to process every pending job",
-        || {
-            let pending_now = metric(&mut client, "webhookd_pending_jobs")?;
-            let processed = metric(&mut client, "webhookd_transactions_processed_total")?;
-            (pending_now == 0 && processed >= expected).then_some(processed)
-        },
-    );
-    if processed != expected {
-        return Err(format!(
-            "the fresh server processed {processed} jobs; the file held {pending} pending and one was posted"
-        ));
-    }
-    server
-        .stop()
-        .map_err(|e| format!("the fresh server stopped with: {e}"))?;
-    after_processing(opener, dir, stored, new)?;
-    Ok(processed)
-}
-
-fn post(client: &mut Client, n: usize, conflict: bool) -> Result<crate::common::Response, String> {
-    client
-        .post(&payload(n, conflict))
-        .map_err(|e| format!("POST to the fresh server failed: {e}"))
-}
-
-/// A value of the fresh server's metrics.
-fn metric(client: &mut Client, name: &str) -> Option<u64> {
-    let text = client.get("/metrics").ok()?.body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Redeliveries of a few stored ids and of a few purged acknowledged ids
-/// (duplicates), and a changed payload under a stored id (a conflict).
-fn redeliveries(
-    cut: &Cut<'_>,
-    client: &mut Client,
-    stored: &HashMap<usize, Record>,
-    tables: &Tables,
-) -> Result<(), String> {
-    let mut stored_ids: Vec<usize> = stored.keys().copied().collect();
-    stored_ids.sort_unstable();
-    for &n in stored_ids
-        .iter()
-        .step_by((stored_ids.len() / 3).max(1))
-        .take(3)
-    {
-        let r = post(client, n, false)?;
-        if r.status != 202 || r.json()["duplicate"] != true {
-            return Err(format!(
-                "redelivery of stored {} answered {} {}",
-                transaction_id(n),
-                r.status,
-                r.body
-            ));
-        }
-    }
-    if let Some(&n) = stored_ids.first() {
-        let r = post(client, n, true)?;
-        if r.status != 409 {
-            return Err(format!(
-                "conflict on stored {} answered {} {}",
-                transaction_id(n),
-                r.status,
-                r.body
-            ));
-        }
-    }
-    // Only those whose window is open for a while yet.
-    let now = now_millis();
-    let purged: Vec<usize> = (0..cut.expect.len())
-        .filter(|&n| {
-            cut.expect[n].acked_at.is_some_and(|at| at <= cut.moment)
-                && !stored.contains_key(&n)
-                && tables
-                    .tombstones
-                    .get(&transaction_id(n))
-                    .is_some_and(|&until| until > now + 60_000)
-        })
-        .collect();
-    for &n in purged.iter().step_by((purged.len() / 3).max(1)).take(3) {
-        let r = post(client, n, false)?;
-        let body = r.json();
-        if r.status != 202 || body["duplicate"] != true || body["status"] != "PROCESSED" {
-            return Err(format!(
-                "redelivery of purged {} answered {} {}",
-                transaction_id(n),
-                r.status,
-                r.body
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The file the fresh server left: consistent, no pending job, every
-/// transaction it held still there with its fields, each PROCESSING one
-/// now PROCESSED, each PROCESSED one with its `processed_at` unchanged,
-/// and the new id processed.
-fn after_processing(
-    opener: &DiskOpener,
-    dir: &Path,
-    stored: &HashMap<usize, Record>,
-    new: usize,
-) -> Result<(), String> {
-    opener.stand_in(dir);
-    let store =
-        Store::open_with(dir, opener, &NoProgress).map_err(|e| format!("does not reopen: {e}"))?;
-    let report = store
-        .check(&NoProgress)
-        .map_err(|e| format!("check after processing failed: {e}"))?;
-    if !report.problems.is_empty() || report.pending_jobs != 0 {
-        return Err(format!("after processing, check found {report:#?}"));
-    }
-    let after = stored_records(&store)?;
-    for (n, before) in stored {
-        let Some(now) = after.get(n) else {
-            return Err(format!(
-                "{} vanished while the fresh server ran",
-                transaction_id(*n)
-            ));
-        };
-        let same =
-            now.transaction == before.transaction && now.created_at_ms == before.created_at_ms;
-        let ok = match before.status {
-            Status::Processed => {
-                same && now.status == Status::Processed
-                    && now.processed_at_ms == before.processed_at_ms
-            }
-            Status::Processing => {
-                same && now.status == Status::Processed && now.processed_at_ms.is_some()
-            }
-            // Only a delivery fails a transaction; these runs deliver nothing.
-            Status::Failed => false,
-        };
-        if !ok {
-            return Err(format!(
-                "{}: before the fresh server {before:?}, after {now:?}",
-                transaction_id(*n)
-            ));
-        }
-    }
-    if after
-        .get(&new)
-        .is_none_or(|r| r.status != Status::Processed)
-        || after.len() != stored.len() + 1
-    {
-        return Err(format!(
-            "after the fresh server: {} stored, expected {} and the new id",
-            after.len(),
-            stored.len()
-        ));
-    }
-    Ok(())
 }

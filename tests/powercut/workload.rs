@@ -14,6 +14,7 @@ use rand_xorshift::XorShiftRng;
 use serde_json::Value;
 
 use crate::common::{Response, millis, now_millis, transaction_path};
+use crate::deliveries::{Received, Receiver};
 use crate::disk::{Disk, DiskOpener, Recorded};
 use crate::server::{Client, Server};
 
@@ -37,13 +38,17 @@ pub struct Scenario {
     /// Redeliveries and conflicts go only to ids first posted this recently
     /// (ms); `None`: to any id, however long ago.
     pub replay_horizon_ms: Option<u64>,
+    /// Whether it delivers to a destination the run starts
+    /// ([`crate::deliveries`]).
+    pub deliver: bool,
     pub steps: &'static [Step],
     /// Its share of the cut points.
     pub weight: usize,
 }
 
 impl Scenario {
-    fn flags(&self) -> Vec<String> {
+    /// Its flags; `destination` the delivery flags, if it delivers.
+    fn flags(&self, destination: Option<&Receiver>) -> Vec<String> {
         let mut flags = vec!["--process-delay".into(), format!("{}ms", self.delay_ms)];
         if let Some(retention) = self.retention_ms {
             flags.extend([
@@ -53,6 +58,7 @@ impl Scenario {
                 format!("{}ms", self.window_ms),
             ]);
         }
+        flags.extend(destination.map(Receiver::flags).unwrap_or_default());
         flags
     }
 
@@ -126,6 +132,8 @@ pub struct Run {
     pub scenario: &'static Scenario,
     pub history: Vec<Recorded>,
     pub exchanges: Vec<Exchange>,
+    /// Every request the destination received (none if it delivers nothing).
+    pub received: Vec<Received>,
     /// Ids used (numbers `0..ids`).
     pub ids: usize,
     /// Moment of the live power cut.
@@ -214,7 +222,10 @@ pub fn record(scenario: &'static Scenario, seed: u64) -> Run {
     let dir = tempfile::tempdir().expect("data dir");
     let disk = Disk::recording();
     let opener = DiskOpener(std::sync::Arc::clone(&disk));
-    let flags = scenario.flags();
+    let destination = scenario
+        .deliver
+        .then(|| Receiver::start(std::sync::Arc::clone(&disk), seed));
+    let flags = scenario.flags(destination.as_ref());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let started_ms = now_millis();
     opener.stand_in(dir.path());
@@ -281,6 +292,7 @@ pub fn record(scenario: &'static Scenario, seed: u64) -> Run {
         scenario,
         history: disk.history(),
         exchanges: shared.exchanges.into_inner().unwrap(),
+        received: destination.map(|d| d.received()).unwrap_or_default(),
         ids: shared
             .next_id
             .load(Ordering::SeqCst)
