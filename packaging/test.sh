@@ -98,6 +98,11 @@ command -v rpm >/dev/null || need+=(rpm)
 command -v rpm2archive >/dev/null || need+=(rpm2cpio)
 command -v strace >/dev/null || need+=(strace)
 command -v curl >/dev/null || need+=(curl)
+# systemd-analyze verifies the units (systemd need not be running).
+{ command -v systemd-analyze && command -v systemd-socket-activate; } >/dev/null || need+=(systemd)
+# zsh and fish check the syntax of their completion files.
+command -v zsh >/dev/null || need+=(zsh)
+command -v fish >/dev/null || need+=(fish)
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -301,18 +306,15 @@ say "service user: webhookd uid=$uid gid=$gid home=$home shell=$shell"
 dpkg-query -W -f='${Conffiles}\n' webhookd | grep -q '/etc/default/webhookd' || fail "/etc/default/webhookd is not a conffile"
 man -w webhookd >/dev/null 2>&1 || [ -f /usr/share/man/man8/webhookd.8.gz ] || fail "man page not installed"
 
-if command -v systemd-analyze >/dev/null; then
-  say "systemd-analyze verify $unit"
-  systemd-analyze verify "$unit" || fail "systemd-analyze verify rejects the unit"
-  security="$(systemd-analyze security --offline=true "$unit" 2>&1 | tail -n 1)"
-  say "systemd-analyze security: $security"
-  exposure="$(printf '%s\n' "$security" | sed -n 's/.*: \([0-9.]*\) .*/\1/p')"
-  # 1.0 today; anything above "OK" territory means hardening was lost.
-  awk -v e="$exposure" 'BEGIN { exit !(e != "" && e <= 1.5) }' ||
-    fail "systemd-analyze security exposure is '$exposure', expected at most 1.5"
-else
-  say "systemd-analyze not available: skipping unit verification"
-fi
+command -v systemd-analyze >/dev/null || fail "systemd-analyze is missing (Debian's systemd package)"
+say "systemd-analyze verify $unit"
+systemd-analyze verify "$unit" || fail "systemd-analyze verify rejects the unit"
+security="$(systemd-analyze security --offline=true "$unit" 2>&1 | tail -n 1)"
+say "systemd-analyze security: $security"
+exposure="$(printf '%s\n' "$security" | sed -n 's/.*: \([0-9.]*\) .*/\1/p')"
+# 1.0 today; anything above "OK" territory means hardening was lost.
+awk -v e="$exposure" 'BEGIN { exit !(e != "" && e <= 1.5) }' ||
+  fail "systemd-analyze security exposure is '$exposure', expected at most 1.5"
 
 # systemd integration: notify and watchdog in the unit; the socket unit
 # shipped as an example, verified, and not enabled by the package.
@@ -322,37 +324,32 @@ socket_example=/usr/share/doc/webhookd/examples/webhookd.socket
 [ -f "$socket_example" ] || fail "$socket_example is not installed"
 [ ! -e /usr/lib/systemd/system/webhookd.socket ] && [ ! -e /etc/systemd/system/sockets.target.wants/webhookd.socket ] ||
   fail "webhookd.socket is installed or enabled as a unit; socket activation must stay optional"
-if command -v systemd-analyze >/dev/null; then
-  mkdir "$work/units"
-  cp "$socket_example" "$work/units/webhookd.socket"
-  say "systemd-analyze verify webhookd.socket (with the installed webhookd.service)"
-  systemd-analyze verify "$work/units/webhookd.socket" || fail "systemd-analyze verify rejects webhookd.socket"
-fi
+mkdir "$work/units"
+cp "$socket_example" "$work/units/webhookd.socket"
+say "systemd-analyze verify webhookd.socket (with the installed webhookd.service)"
+systemd-analyze verify "$work/units/webhookd.socket" || fail "systemd-analyze verify rejects webhookd.socket"
 # The installed binary under systemd's own socket activator: the socket is
 # bound by systemd-socket-activate, which execs webhookd on the first
 # connection with it as fd 3 (LISTEN_FDS); that connection is answered.
-if command -v systemd-socket-activate >/dev/null; then
-  activate_port="$(awk -v seed="$$" 'BEGIN { srand(seed); print 20000 + int(rand() * 20000) }')"
-  systemd-socket-activate -l "127.0.0.1:$activate_port" /usr/bin/webhookd --data-dir "$work/activated" \
-    --listen 127.0.0.1:0 >"$work/activate.log" 2>&1 &
-  activate_pid=$!
-  deadline=$((SECONDS + 10))
-  until grep -q "Listening on 127.0.0.1:$activate_port" "$work/activate.log"; do
-    kill -0 "$activate_pid" 2>/dev/null || { cat "$work/activate.log" >&2; fail "systemd-socket-activate exited"; }
-    [ "$SECONDS" -lt "$deadline" ] || { kill "$activate_pid"; fail "systemd-socket-activate did not listen within 10 s"; }
-    sleep 0.05
-  done
-  body="$(curl -sS --max-time 10 "http://127.0.0.1:$activate_port/" || true)"
-  kill -TERM "$activate_pid" 2>/dev/null || true
-  activate_rc=0
-  wait "$activate_pid" || activate_rc=$?
-  printf '%s\n' "$body" | grep -q '"status":"HEALTHY"' || { cat "$work/activate.log" >&2; fail "socket-activated webhookd answered: $body"; }
-  grep -q -- '--listen is not used' "$work/activate.log" || fail "socket-activated webhookd did not serve the passed socket"
-  [ "$activate_rc" -eq 0 ] || fail "socket-activated webhookd exited $activate_rc after SIGTERM"
-  say "socket activation: webhookd served the socket systemd-socket-activate passed, exited 0 on SIGTERM"
-else
-  say "systemd-socket-activate not available: skipping the socket activation run"
-fi
+command -v systemd-socket-activate >/dev/null || fail "systemd-socket-activate is missing (Debian's systemd package)"
+activate_port="$(awk -v seed="$$" 'BEGIN { srand(seed); print 20000 + int(rand() * 20000) }')"
+systemd-socket-activate -l "127.0.0.1:$activate_port" /usr/bin/webhookd --data-dir "$work/activated" \
+  --listen 127.0.0.1:0 >"$work/activate.log" 2>&1 &
+activate_pid=$!
+deadline=$((SECONDS + 10))
+until grep -q "Listening on 127.0.0.1:$activate_port" "$work/activate.log"; do
+  kill -0 "$activate_pid" 2>/dev/null || { cat "$work/activate.log" >&2; fail "systemd-socket-activate exited"; }
+  [ "$SECONDS" -lt "$deadline" ] || { kill "$activate_pid"; fail "systemd-socket-activate did not listen within 10 s"; }
+  sleep 0.05
+done
+body="$(curl -sS --max-time 10 "http://127.0.0.1:$activate_port/" || true)"
+kill -TERM "$activate_pid" 2>/dev/null || true
+activate_rc=0
+wait "$activate_pid" || activate_rc=$?
+printf '%s\n' "$body" | grep -q '"status":"HEALTHY"' || { cat "$work/activate.log" >&2; fail "socket-activated webhookd answered: $body"; }
+grep -q -- '--listen is not used' "$work/activate.log" || fail "socket-activated webhookd did not serve the passed socket"
+[ "$activate_rc" -eq 0 ] || fail "socket-activated webhookd exited $activate_rc after SIGTERM"
+say "socket activation: webhookd served the socket systemd-socket-activate passed, exited 0 on SIGTERM"
 
 # Shell completions, where bash, zsh and fish look for them.
 for file in /usr/share/bash-completion/completions/webhookd /usr/share/zsh/vendor-completions/_webhookd \
@@ -361,8 +358,8 @@ for file in /usr/share/bash-completion/completions/webhookd /usr/share/zsh/vendo
 done
 bash -c 'source /usr/share/bash-completion/completions/webhookd && complete -p webhookd' >/dev/null ||
   fail "bash cannot source /usr/share/bash-completion/completions/webhookd"
-if command -v zsh >/dev/null; then zsh -n /usr/share/zsh/vendor-completions/_webhookd || fail "zsh -n rejects _webhookd"; fi
-if command -v fish >/dev/null; then fish -n /usr/share/fish/vendor_completions.d/webhookd.fish || fail "fish -n rejects webhookd.fish"; fi
+zsh -n /usr/share/zsh/vendor-completions/_webhookd || fail "zsh -n rejects _webhookd"
+fish -n /usr/share/fish/vendor_completions.d/webhookd.fish || fail "fish -n rejects webhookd.fish"
 [ -s /usr/share/doc/webhookd/grafana/webhookd-dashboard.json ] || fail "the Grafana dashboard is not installed"
 say "completions for bash, zsh and fish installed (bash sources its file); Grafana dashboard in /usr/share/doc/webhookd/grafana/"
 
