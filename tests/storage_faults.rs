@@ -14,20 +14,16 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use redb::{BackendError, StorageBackend};
 use serde_json::Value;
-use webhookd::RunOptions;
-use webhookd::cli::Config;
 use webhookd::store::{Access, FileOpener, StorageOpener};
 
+use common::in_process::Server;
 use common::{
-    BIN, DEADLINE, READY_DEADLINE, assert_one_line_failure, get, get_transaction, millis, payload,
-    poll_until, post, start_expecting_exit, wait_processed,
+    BIN, DEADLINE, assert_one_line_failure, get, get_transaction, millis, payload, poll_until,
+    post, start_expecting_exit, wait_processed,
 };
 
 /// What the storage does right now; one switch per test.
@@ -131,71 +127,6 @@ impl StorageOpener for FaultyOpener {
             inner: FileOpener.open(path, access)?,
             switch: Arc::clone(&self.switch),
         }))
-    }
-}
-
-/// The real server on a thread of this process; stopped by [`Server::stop`].
-struct Server {
-    addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<Result<(), webhookd::Error>>>,
-}
-
-impl Server {
-    fn start(data_dir: &Path, opener: impl StorageOpener + 'static, extra: &[&str]) -> Server {
-        let mut args = vec!["webhookd", "--data-dir", data_dir.to_str().unwrap()];
-        args.extend(["--listen", "127.0.0.1:0"]);
-        args.extend(extra);
-        let config = Config::try_parse_from(args).expect("valid arguments");
-        let (shutdown, requested) = tokio::sync::oneshot::channel::<()>();
-        let options = RunOptions::default()
-            .storage(opener)
-            .shutdown_on(async move {
-                let _ = requested.await;
-            });
-        let (ready, bound) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            webhookd::run_with(&config, options, move |addr| {
-                let _ = ready.send(addr);
-            })
-        });
-        match bound.recv_timeout(READY_DEADLINE) {
-            Ok(addr) => Server {
-                addr,
-                shutdown: Some(shutdown),
-                thread: Some(thread),
-            },
-            // The thread ended without serving, dropping the sender.
-            Err(RecvTimeoutError::Disconnected) => {
-                panic!("webhookd did not start: {:?}", thread.join())
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("webhookd did not become ready within {READY_DEADLINE:?}")
-            }
-        }
-    }
-
-    /// Graceful shutdown, as on SIGTERM; fails the test if it does not end
-    /// cleanly within [`DEADLINE`].
-    fn stop(mut self) {
-        let _ = self.shutdown.take().expect("running").send(());
-        let thread = self.thread.take().expect("running");
-        poll_until(DEADLINE, "webhookd to shut down", || {
-            thread.is_finished().then_some(())
-        });
-        thread
-            .join()
-            .expect("webhookd did not panic")
-            .expect("webhookd stopped without an error");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // A failing test still stops the server, so its threads end.
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
     }
 }
 
@@ -312,7 +243,7 @@ fn storage_fault_is_survived(fault: Fault) {
             .collect::<Vec<_>>(),
     );
 
-    server.stop();
+    server.stop().expect("webhookd stopped without an error");
     assert_on_disk(dir.path(), &acknowledged);
 }
 

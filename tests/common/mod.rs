@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test file uses part of this
 
+pub mod in_process;
 pub mod requirements;
 
 use std::io::{BufRead, BufReader, Read, Write};
