@@ -126,7 +126,7 @@ impl WriterHandle {
         answer.blocking_recv().map_err(|_| WriteError::Closed)?
     }
 
-    /// Why a write failed within the last [`FAILURE_MEMORY`], unless a
+    /// Why a write failed within the last [`FAILURE_MEMORY`](super::FAILURE_MEMORY), unless a
     /// write of data (an acceptance or a completion) has committed since.
     /// A health probe alone does not clear it: a tiny probe can still fit
     /// on a disk that refuses the records themselves.
@@ -136,7 +136,7 @@ impl WriterHandle {
     }
 
     /// Beats once per batch (and per idle tick, at least every
-    /// [`MERGE_TICK`]): the systemd watchdog reads it to tell a stuck writer.
+    /// [`MERGE_TICK`](super::MERGE_TICK)): the systemd watchdog reads it to tell a stuck writer.
     #[must_use]
     pub fn heartbeat(&self) -> Heartbeat {
         self.heartbeat.clone()
