@@ -244,7 +244,7 @@ pub fn run_with(
     let started = startup::shutdown_trigger(options.shutdown).and_then(|trigger| {
         Ok((
             trigger,
-            startup::supervise(&notifier, &store, &parts, addr)?,
+            startup::supervise(&notifier, &store, &parts, &metrics, addr)?,
         ))
     });
     let ((signals, shutdown), supervisor) = match started {

@@ -267,6 +267,7 @@ pub(crate) fn supervise(
     notifier: &Arc<systemd::Notifier>,
     store: &Store,
     parts: &Parts,
+    metrics: &Arc<crate::metrics::Metrics>,
     addr: SocketAddr,
 ) -> Result<Option<systemd::Supervisor>, Error> {
     let watched = systemd::Watched {
@@ -274,6 +275,7 @@ pub(crate) fn supervise(
         writer: parts.writer.clone(),
         heartbeats: parts.heartbeats(),
         addr,
+        metrics: Arc::clone(metrics),
     };
     systemd::Supervisor::start(Arc::clone(notifier), watched)
         .map_err(start_error("systemd notification thread"))

@@ -8,7 +8,9 @@
 //!   long recovery is not killed by `TimeoutStartSec=`; `READY=1` once the
 //!   socket is bound and start-up recovery is done.
 //! - Running: a `STATUS=` line (pending and due jobs, the writer's queue,
-//!   whether writes fail) every [`STATUS_EVERY`], shown by `systemctl status`.
+//!   whether writes fail; with `--deliver-to`, attempts in flight, FAILED
+//!   transactions and whether delivery is paused) every [`STATUS_EVERY`],
+//!   shown by `systemctl status`.
 //! - Watchdog (`WatchdogSec=`): `WATCHDOG=1` every quarter of the timeout,
 //!   but only while the store writer and the scheduler make progress: when
 //!   either has been inside one piece of work (a batch, a round) for more
@@ -18,6 +20,7 @@
 //!   of binding `--listen` (which is then not used), so connections made
 //!   while the service restarts wait in that socket's backlog.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -29,6 +32,7 @@ use sd_notify::NotifyState;
 
 use crate::clock::now_ms;
 use crate::heartbeat::Heartbeat;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::writer::WriterHandle;
 
@@ -200,6 +204,8 @@ pub struct Watched {
     pub heartbeats: Vec<(&'static str, Heartbeat)>,
     /// Where the daemon listens.
     pub addr: SocketAddr,
+    /// Attempts in flight and the breaker, with `--deliver-to`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The thread that refreshes `STATUS=` and pets the watchdog. Stop it
@@ -299,13 +305,26 @@ fn stalled(
     })
 }
 
-/// `pending 12, due 0, queue 0, writes ok` (or `writes failing: …`).
+/// `pending 12, due 0, queue 0, writes ok` (or `writes failing: …`);
+/// with `--deliver-to` also `in flight 3, failed 1, delivery ok` (or
+/// `paused`).
 #[must_use]
 pub fn status_line(watched: &Watched) -> String {
-    let jobs = match watched.store.job_stats(now_ms()) {
+    let mut jobs = match watched.store.job_stats(now_ms()) {
         Ok(jobs) => format!("pending {}, due {}", jobs.pending, jobs.due),
         Err(e) => format!("jobs unknown ({e})"),
     };
+    if let Some((in_flight, paused)) = watched.metrics.delivery_now() {
+        let failed = watched
+            .store
+            .failed_count()
+            .map_or_else(|e| format!("unknown ({e})"), |n| n.to_string());
+        let delivery = if paused { "paused" } else { "ok" };
+        let _ = write!(
+            jobs,
+            ", in flight {in_flight}, failed {failed}, delivery {delivery}"
+        );
+    }
     let writes = watched.writer.recent_failure().map_or_else(
         || "writes ok".to_owned(),
         |e| format!("writes failing: {e}"),

@@ -6,6 +6,8 @@
 //! the last message before exit.
 
 mod common;
+#[path = "common/sink.rs"]
+mod sink;
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -165,6 +167,10 @@ fn ready_status_watchdog_and_stopping_come_in_order() {
         "connecting when READY=1 arrived: {connected:?}"
     );
     assert!(status.contains("pending 0, due 0"), "{status}");
+    assert!(
+        !status.contains("in flight"),
+        "delivery figures without --deliver-to: {status}"
+    );
     // No watchdog ping before READY.
     assert!(
         notify.messages()[..ready_at]
@@ -211,6 +217,38 @@ fn ready_status_watchdog_and_stopping_come_in_order() {
         messages.len() - 1,
         "STOPPING=1 is the last message: {messages:?}"
     );
+}
+
+#[test]
+fn with_deliver_to_the_status_shows_attempts_in_flight_failed_and_the_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::bind(dir.path());
+    // 410 makes a transaction FAILED at its first attempt.
+    let sink = sink::Sink::answering(410);
+    let daemon = Daemon::start_with_env(
+        &dir.path().join("data"),
+        &["--process-delay", "0s", "--deliver-to", &sink.url()],
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+    );
+    let ready = notify.wait_for("READY=1", 0, |m| m.has("READY=1"));
+    let status = ready.value("STATUS").expect("a status with READY");
+    assert!(
+        status.contains("in flight 0, failed 0, delivery ok"),
+        "{status}"
+    );
+    assert_eq!(
+        post(daemon.addr, &payload("txn_status_failed", "1")).status,
+        202
+    );
+    let seen = notify.messages().len();
+    notify.wait_for("a STATUS with 1 failed", seen, |m| {
+        m.value("STATUS")
+            .is_some_and(|s| s.contains("pending 0, due 0") && s.contains("failed 1, delivery ok"))
+    });
+    assert_eq!(sink.count(), 1);
+    daemon.terminate();
+    let (status, stderr) = daemon.wait_exit(DEADLINE);
+    assert!(status.success(), "{status:?}\n{stderr}");
 }
 
 #[test]

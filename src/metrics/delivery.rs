@@ -120,6 +120,15 @@ impl super::Metrics {
         }
     }
 
+    /// Attempts in flight and whether delivery is paused, with
+    /// `--deliver-to`.
+    #[must_use]
+    pub fn delivery_now(&self) -> Option<(i64, bool)> {
+        self.delivery
+            .as_ref()
+            .map(|d| (d.in_flight.get(), d.paused.get() != 0))
+    }
+
     /// Whether the delivery metrics are registered.
     #[must_use]
     pub fn delivers(&self) -> bool {
