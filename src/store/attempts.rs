@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::encoding::DecodeError;
+use super::encoding::{self, DecodeError};
 
 /// Version byte of the attempt layout written today.
 pub const ATTEMPT_VERSION: u8 = 1;
@@ -81,27 +81,12 @@ pub struct Attempt {
 
 /// Encodes an attempt into `out` (cleared first).
 pub(crate) fn encode_into(attempt: &StoredAttempt, out: &mut Vec<u8>) {
-    out.clear();
-    out.push(ATTEMPT_VERSION);
-    bincode::serde::encode_into_std_write(attempt, out, bincode::config::standard())
-        .expect("encoding an attempt into memory cannot fail");
+    encoding::encode_versioned(ATTEMPT_VERSION, attempt, out);
 }
 
 /// Decodes a value of the `attempts` table.
 pub(crate) fn decode(bytes: &[u8]) -> Result<StoredAttempt, DecodeError> {
-    match bytes.split_first() {
-        Some((&ATTEMPT_VERSION, rest)) => {
-            let (value, used): (StoredAttempt, usize) =
-                bincode::serde::decode_from_slice(rest, bincode::config::standard())
-                    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-            if used != rest.len() {
-                return Err(DecodeError::Malformed("trailing bytes".to_owned()));
-            }
-            Ok(value)
-        }
-        Some((&other, _)) => Err(DecodeError::UnknownVersion(other)),
-        None => Err(DecodeError::Malformed("empty value".to_owned())),
-    }
+    encoding::decode_versioned(ATTEMPT_VERSION, bytes)
 }
 
 /// `text` cut to at most `max` characters (an ellipsis marks the cut).

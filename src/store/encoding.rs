@@ -189,6 +189,24 @@ fn after_version(bytes: &[u8], version: u8) -> Result<&[u8], DecodeError> {
     Ok(rest)
 }
 
+/// Writes a version byte, then `value` in bincode (standard config), into
+/// `out` (cleared first): the layout of the tables besides the log.
+pub(crate) fn encode_versioned<T: Serialize>(version: u8, value: &T, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(version);
+    bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
+        .expect("encoding into memory cannot fail");
+}
+
+/// Reads what [`encode_versioned`] wrote with `version`; any other version
+/// byte is [`DecodeError::UnknownVersion`].
+pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(
+    version: u8,
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    body(after_version(bytes, version)?)
+}
+
 fn body<T: serde::de::DeserializeOwned>(rest: &[u8]) -> Result<T, DecodeError> {
     let (value, used): (T, usize) =
         bincode::serde::decode_from_slice(rest, bincode::config::standard())

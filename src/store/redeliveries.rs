@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::encoding::DecodeError;
+use super::encoding::{self, DecodeError};
 use crate::model::Status;
 
 /// Version byte of the layout written today.
@@ -72,26 +72,13 @@ pub struct Redelivery {
 }
 
 pub(crate) fn encode(redelivery: &Redelivery) -> Vec<u8> {
-    let mut out = vec![REDELIVERY_VERSION];
-    bincode::serde::encode_into_std_write(redelivery, &mut out, bincode::config::standard())
-        .expect("encoding a redelivery into memory cannot fail");
+    let mut out = Vec::new();
+    encoding::encode_versioned(REDELIVERY_VERSION, redelivery, &mut out);
     out
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<Redelivery, DecodeError> {
-    match bytes.split_first() {
-        Some((&REDELIVERY_VERSION, rest)) => {
-            let (value, used): (Redelivery, usize) =
-                bincode::serde::decode_from_slice(rest, bincode::config::standard())
-                    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-            if used != rest.len() {
-                return Err(DecodeError::Malformed("trailing bytes".to_owned()));
-            }
-            Ok(value)
-        }
-        Some((&other, _)) => Err(DecodeError::UnknownVersion(other)),
-        None => Err(DecodeError::Malformed("empty value".to_owned())),
-    }
+    encoding::decode_versioned(REDELIVERY_VERSION, bytes)
 }
 
 #[cfg(test)]
