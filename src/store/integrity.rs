@@ -41,15 +41,7 @@ pub fn verify_pages_with(data_dir: &Path, opener: &dyn StorageOpener) -> Result<
     if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) || !path.exists() {
         return Ok(Pages::Intact);
     }
-    let database_error = |source: redb::Error| match source {
-        redb::Error::DatabaseAlreadyOpen => OpenError::InUse {
-            path: data_dir.to_owned(),
-        },
-        source => OpenError::Database {
-            path: path.clone(),
-            source,
-        },
-    };
+    let database_error = |source: redb::Error| OpenError::database(data_dir, source);
     // Opened for writing, as redb's writable open locks it (the view never
     // writes through: it keeps every write in memory).
     let storage = opener

@@ -49,15 +49,7 @@ impl Store {
                 source,
             })?;
         let path = data_dir.join(DB_FILE_NAME);
-        let database_error = |source: redb::Error| match source {
-            redb::Error::DatabaseAlreadyOpen => OpenError::InUse {
-                path: data_dir.to_owned(),
-            },
-            source => OpenError::Database {
-                path: path.clone(),
-                source,
-            },
-        };
+        let database_error = |source: redb::Error| OpenError::database(data_dir, source);
 
         // An empty file is what a crash during the very first start leaves
         // behind; like a missing one, it becomes a new database. So does a
@@ -202,6 +194,22 @@ fn initialise(db: &Database) -> Result<(), redb::Error> {
     }
     txn.commit()?;
     Ok(())
+}
+
+impl OpenError {
+    /// What a redb error on the database in `data_dir` means: another
+    /// process holding it, or anything else about its file.
+    pub(crate) fn database(data_dir: &Path, source: redb::Error) -> OpenError {
+        match source {
+            redb::Error::DatabaseAlreadyOpen => OpenError::InUse {
+                path: data_dir.to_owned(),
+            },
+            source => OpenError::Database {
+                path: data_dir.join(DB_FILE_NAME),
+                source,
+            },
+        }
+    }
 }
 
 #[cfg(test)]
