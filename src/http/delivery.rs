@@ -7,15 +7,13 @@ use std::time::UNIX_EPOCH;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::AppState;
-use super::body::{self, BodyError};
-use super::errors::{ApiError, close_connection, json};
-use super::routes::is_json_content_type;
+use super::errors::{ApiError, json};
+use super::routes::read_json_body;
 use crate::metrics::Route;
 use crate::model::Status;
 use crate::store::attempts::AttemptOutcome;
@@ -218,38 +216,9 @@ fn timestamp(field: &'static str, value: &Value) -> Result<u64, ApiError> {
 
 /// `POST /v1/redeliveries`: a durable bulk redelivery.
 pub(super) async fn create(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    if !is_json_content_type(request.headers().get(header::CONTENT_TYPE)) {
-        return ApiError::UnsupportedMediaType.response();
-    }
-    let limit = state.limits.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return close_connection(ApiError::PayloadTooLarge(limit).response());
-    }
-    let body = match body::read(
-        request.into_body(),
-        declared,
-        limit,
-        state.limits.body_read_timeout,
-    )
-    .await
-    {
-        Ok(body) => body,
-        Err(e) => {
-            return close_connection(
-                match e {
-                    BodyError::TooLarge(limit) => ApiError::PayloadTooLarge(limit),
-                    BodyError::TooManyPieces(limit) => ApiError::TooManyPieces(limit),
-                    BodyError::TimedOut(limit) => ApiError::BodyTimeout(limit),
-                    e @ BodyError::Read(_) => ApiError::InvalidJson(e.to_string()),
-                }
-                .response(),
-            );
-        }
+    let body = match read_json_body(state, request).await {
+        Ok((_, body)) => body,
+        Err(response) => return response,
     };
     let filter = match parse_filter(&body) {
         Ok(filter) => filter,

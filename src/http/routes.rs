@@ -232,38 +232,8 @@ async fn receive(
     state: &AppState,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Response<Full<Bytes>>> {
-    if !is_json_content_type(request.headers().get(header::CONTENT_TYPE)) {
-        return Err(ApiError::UnsupportedMediaType.response());
-    }
-    let limit = state.limits.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        // Refused before reading any of it; the connection is closed since
-        // the unread body cannot be skipped cheaply.
-        return Err(close_connection(
-            ApiError::PayloadTooLarge(limit).response(),
-        ));
-    }
-    let (parts, body) = request.into_parts();
+    let (parts, body) = read_json_body(state, request).await?;
     let headers = parts.headers;
-    let body = body::read(body, declared, limit, state.limits.body_read_timeout)
-        .await
-        .map_err(|e| {
-            // What is left of the body is not read: the connection goes.
-            close_connection(
-                match e {
-                    BodyError::TooLarge(limit) => ApiError::PayloadTooLarge(limit),
-                    BodyError::TooManyPieces(limit) => ApiError::TooManyPieces(limit),
-                    BodyError::TimedOut(limit) => ApiError::BodyTimeout(limit),
-                    e @ BodyError::Read(_) => ApiError::InvalidJson(e.to_string()),
-                }
-                .response(),
-            )
-        })?;
     if let Some(verifier) = &state.verifier {
         let now = now_ms() / 1000;
         verifier
@@ -322,6 +292,46 @@ async fn receive(
     } else {
         accepted
     })
+}
+
+/// The head and the body of a POST that must carry JSON, read within the
+/// body's bounds (`--max-body-bytes`, its pieces, `--body-read-timeout`).
+/// Anything wrong is the answer to give; where the body is left unread
+/// the connection is closed with it, since the rest cannot be skipped
+/// cheaply.
+pub(super) async fn read_json_body(
+    state: &AppState,
+    request: Request<Incoming>,
+) -> Result<(hyper::http::request::Parts, Bytes), Response<Full<Bytes>>> {
+    if !is_json_content_type(request.headers().get(header::CONTENT_TYPE)) {
+        return Err(ApiError::UnsupportedMediaType.response());
+    }
+    let limit = state.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(close_connection(
+            ApiError::PayloadTooLarge(limit).response(),
+        ));
+    }
+    let (parts, body) = request.into_parts();
+    let body = body::read(body, declared, limit, state.limits.body_read_timeout)
+        .await
+        .map_err(|e| {
+            close_connection(
+                match e {
+                    BodyError::TooLarge(limit) => ApiError::PayloadTooLarge(limit),
+                    BodyError::TooManyPieces(limit) => ApiError::TooManyPieces(limit),
+                    BodyError::TimedOut(limit) => ApiError::BodyTimeout(limit),
+                    e @ BodyError::Read(_) => ApiError::InvalidJson(e.to_string()),
+                }
+                .response(),
+            )
+        })?;
+    Ok((parts, body))
 }
 
 /// `application/json`, any case, parameters (`; charset=utf-8`) allowed.
