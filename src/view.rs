@@ -98,14 +98,8 @@ fn view<'a>(record: &'a Record, amount: &'a RawValue) -> TransactionView<'a> {
 /// `--deliver-to` set: the fields above, then where delivery stands.
 #[derive(Serialize)]
 struct DeliveredView<'a> {
-    transaction_id: &'a str,
-    source_account: &'a str,
-    destination_account: &'a str,
-    amount: &'a RawValue,
-    currency: &'a str,
-    status: &'static str,
-    created_at: String,
-    processed_at: Option<String>,
+    #[serde(flatten)]
+    transaction: TransactionView<'a>,
     /// Every attempt it had, the one in flight included.
     attempts: u32,
     /// When the next attempt is due; `null` unless PROCESSING and waiting.
@@ -136,20 +130,12 @@ pub fn delivered_json_with_payload(view: &DeliveryView, payload: Option<(&str, &
 
 fn delivered_view<'a>(view: &'a DeliveryView, amount: &'a RawValue) -> DeliveredView<'a> {
     let record = &view.record;
-    let tx = &record.transaction;
     let next_attempt_at = match view.open_attempt {
         Some(_) => None,
         None => view.due_ms.map(format_time),
     };
     DeliveredView {
-        transaction_id: &tx.transaction_id,
-        source_account: &tx.source_account,
-        destination_account: &tx.destination_account,
-        amount,
-        currency: tx.currency.as_str(),
-        status: record.status.as_str(),
-        created_at: format_time(record.created_at_ms),
-        processed_at: record.processed_at_ms.map(format_time),
+        transaction: self::view(record, amount),
         attempts: view.open_attempt.unwrap_or(record.delivery.attempts),
         next_attempt_at,
         last_error: record.delivery.last_error.as_deref(),
