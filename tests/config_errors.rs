@@ -10,24 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{BIN, Daemon, assert_one_line_failure, payload, post, run_to_exit};
-
-/// Runs webhookd on `data` (which must not exist) with `args` and `env`,
-/// expecting a configuration error: exit 2, one line, nothing created.
-#[track_caller]
-fn refused(data: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut full = vec![
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    full.extend(args);
-    let (code, stderr) = run_to_exit(&full, env);
-    let line = assert_one_line_failure(code, &stderr, 2);
-    assert!(!data.exists(), "{args:?} {env:?} created the data dir");
-    line
-}
+use common::{BIN, Daemon, assert_one_line_failure, payload, post, refused_at_start, run_to_exit};
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -89,7 +72,7 @@ fn half_configured_signatures_refuse_to_start_naming_both_flags() {
         ),
     ];
     for (args, env, flags) in cases {
-        let line = refused(&data, &args, env);
+        let line = refused_at_start(&data, &args, env);
         for flag in flags {
             assert!(
                 line.contains(flag),
@@ -161,7 +144,7 @@ fn unusable_files_named_by_the_settings_exit_2_naming_the_flag() {
             "--signature-header",
         ),
     ] {
-        let line = refused(&data, &args, &[]);
+        let line = refused_at_start(&data, &args, &[]);
         assert!(line.contains(mentions), "{args:?}: {line}");
         assert!(line.contains("--signing-secrets-file") || line.contains("--signature-header"));
         assert!(
@@ -244,7 +227,7 @@ fn a_bad_value_from_the_environment_names_the_variable() {
         ("WEBHOOKD_ACCESS_LOG", "maybe", "--access-log"),
         ("WEBHOOKD_SIGNATURE_SCHEME", "rsa", "--signature-scheme"),
     ] {
-        let line = refused(&data, &[], &[(variable, value)]);
+        let line = refused_at_start(&data, &[], &[(variable, value)]);
         assert!(
             line.contains(&format!("invalid value '{value}' for {variable} ({flag})")),
             "{line}"
@@ -265,7 +248,7 @@ fn a_bad_value_from_the_environment_names_the_variable() {
 
     // A bad value on the command line is named by its flag, whatever the
     // variable holds; and the command line wins over a bad variable.
-    let line = refused(
+    let line = refused_at_start(
         &data,
         &["--process-delay", "abc"],
         &[("WEBHOOKD_PROCESS_DELAY", "1s")],

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use common::{
-    DEADLINE, Daemon, Response, assert_one_line_failure, get, get_transaction, payload, poll_until,
-    post, run_to_exit, send_raw, transaction_path,
+    DEADLINE, Daemon, Response, get, get_transaction, payload, poll_until, post, refused_at_start,
+    send_raw, transaction_path,
 };
 use redb::{Database, ReadableTable, TableDefinition};
 use serde_json::Value;
@@ -505,18 +505,7 @@ fn include_payload_with_deliver_to_keeps_the_delivery_fields() {
 #[track_caller]
 fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut all = vec![
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    all.extend_from_slice(args);
-    let (code, stderr) = run_to_exit(&all, env);
-    let line = assert_one_line_failure(code, &stderr, 2);
-    assert!(!data.exists(), "the data dir was touched: {line}");
-    line
+    refused_at_start(&dir.path().join("data"), args, env)
 }
 
 #[test]

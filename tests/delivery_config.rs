@@ -3,25 +3,14 @@
 
 mod common;
 
-use common::{assert_one_line_failure, run_to_exit};
+use common::{assert_one_line_failure, refused_at_start, run_to_exit};
 
 /// Runs webhookd with `args` on a data dir that must not exist afterwards;
 /// returns the one line it printed.
 #[track_caller]
 fn refused(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut all = vec![
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    all.extend_from_slice(args);
-    let (code, stderr) = run_to_exit(&all, &[]);
-    let line = assert_one_line_failure(code, &stderr, 2);
-    assert!(!data.exists(), "the data dir was touched: {line}");
-    line
+    refused_at_start(&dir.path().join("data"), args, &[])
 }
 
 #[test]

@@ -17,7 +17,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use common::{DEADLINE, Daemon, check_totals, metric, payload, poll_until};
+use common::{DEADLINE, Daemon, check_totals, metric, payload, poll_until, raise_open_files_limit};
 
 const CONNECTIONS: usize = 1100;
 const FLOOD: Duration = Duration::from_secs(4);
@@ -102,20 +102,6 @@ async fn connection(addr: SocketAddr, number: usize, until: Instant) -> Seen {
     seen
 }
 
-/// The soft limit of open files of this process (inherited by the daemon).
-fn open_files_limit() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("Max open files in /proc/self/limits");
-    let numbers: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    (numbers[0], numbers[1])
-}
-
 /// Sockets the process holds open.
 fn open_sockets(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| {
@@ -126,25 +112,6 @@ fn open_sockets(pid: u32) -> usize {
             })
             .count()
     })
-}
-
-/// Both ends of every connection live on this machine: this process and
-/// the daemon (which inherits the limit) each need `needed` open files.
-fn raise_open_files_limit(needed: u64) {
-    let (soft, hard) = open_files_limit();
-    if soft >= needed {
-        return;
-    }
-    assert!(
-        hard >= needed,
-        "this test needs {needed} open files; the hard limit is {hard} (raise it with ulimit -Hn)"
-    );
-    let status = std::process::Command::new("prlimit")
-        .arg(format!("--pid={}", std::process::id()))
-        .arg(format!("--nofile={hard}:{hard}"))
-        .status()
-        .expect("run prlimit (util-linux) to raise the open files limit");
-    assert!(status.success(), "prlimit failed");
 }
 
 /// Runs the flood against `addr`; returns what the connections saw and the

@@ -54,22 +54,11 @@ fn refused_at_start(map_text: &str, via_env: bool) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let map = write_map(dir.path(), map_text);
     let data = dir.path().join("data");
-    let mut args = vec![
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    let env = [("WEBHOOKD_PAYLOAD_MAP", map.as_str())];
-    let env: &[(&str, &str)] = if via_env {
-        &env
+    let line = if via_env {
+        common::refused_at_start(&data, &[], &[("WEBHOOKD_PAYLOAD_MAP", map.as_str())])
     } else {
-        args.extend(["--payload-map", &map]);
-        &[]
+        common::refused_at_start(&data, &["--payload-map", &map], &[])
     };
-    let (code, stderr) = run_to_exit(&args, env);
-    let line = assert_one_line_failure(code, &stderr, 2);
-    assert!(!data.exists(), "a refused start created the data dir");
     assert!(line.contains(&map), "the line names the file: {line}");
     (line, map)
 }

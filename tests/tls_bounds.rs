@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{DEADLINE, Daemon, payload, poll_until};
+use common::{DEADLINE, Daemon, payload, poll_until, raise_open_files_limit};
 use http_body_util::Full;
 use tls_support::{
     ACK, CANCEL, Ca, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM, Frame, GOAWAY, H2Client, HEADERS,
@@ -30,43 +30,6 @@ fn https_daemon(dir: &std::path::Path, issued: &Issued, extra: &[&str]) -> Daemo
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Daemon::start(&dir.join("data"), &args)
-}
-
-/// The soft and hard limits on open files of this process.
-fn open_files_limit() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("Max open files in /proc/self/limits");
-    let mut numbers = line.split_whitespace().skip(3).map(|w| {
-        if w == "unlimited" {
-            u64::MAX
-        } else {
-            w.parse().expect("a limit")
-        }
-    });
-    (numbers.next().unwrap(), numbers.next().unwrap())
-}
-
-/// Raises this process's soft limit (which the daemon inherits) to its
-/// hard limit with prlimit(1) (util-linux), so that both sides can hold
-/// `needed` open files; fails naming the limit if the hard one is lower.
-fn raise_open_files_limit(needed: u64) {
-    let (soft, hard) = open_files_limit();
-    if soft >= needed {
-        return;
-    }
-    assert!(
-        hard >= needed,
-        "this test needs {needed} open files; the hard limit is {hard} (raise it with ulimit -Hn)"
-    );
-    let status = std::process::Command::new("prlimit")
-        .arg(format!("--pid={}", std::process::id()))
-        .arg(format!("--nofile={hard}:{hard}"))
-        .status()
-        .expect("run prlimit (util-linux) to raise the open files limit");
-    assert!(status.success(), "prlimit failed");
 }
 
 /// Whether the server has closed `stream` (EOF or reset), without waiting.

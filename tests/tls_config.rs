@@ -9,28 +9,11 @@ mod tls_support;
 
 use std::path::Path;
 
-use common::{Daemon, assert_one_line_failure, run_to_exit};
+use common::{Daemon, refused_at_start};
 use tls_support::{Ca, assert_holds_no_secret, key_fragments, write_file};
 
 /// An environment variable and its value.
 type Env<'a> = (&'a str, &'a str);
-
-/// Runs webhookd on `data` (which must not exist) expecting exit 2 with
-/// one line; returns the line.
-#[track_caller]
-fn refused(data: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut full = vec![
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    full.extend(args);
-    let (code, stderr) = run_to_exit(&full, env);
-    let line = assert_one_line_failure(code, &stderr, 2);
-    assert!(!data.exists(), "{args:?} {env:?} created the data dir");
-    line
-}
 
 #[test]
 fn a_certificate_without_its_key_or_the_reverse_refuses_to_start_naming_both_flags() {
@@ -47,7 +30,7 @@ fn a_certificate_without_its_key_or_the_reverse_refuses_to_start_naming_both_fla
         (vec![], vec![("WEBHOOKD_TLS_KEY", key)]),
     ];
     for (args, env) in cases {
-        let line = refused(&data, &args, &env);
+        let line = refused_at_start(&data, &args, &env);
         assert!(
             line.contains("--tls-cert") && line.contains("--tls-key"),
             "{args:?} {env:?}: {line}"
@@ -121,7 +104,7 @@ fn unreadable_or_malformed_certificates_and_keys_refuse_to_start_with_one_line_n
     let mut secrets = key_fragments(&issued.key_pem);
     secrets.extend(key_fragments(&other.key_pem));
     for (cert, key, expected, named) in cases {
-        let line = refused(&data, &["--tls-cert", &cert, "--tls-key", &key], &[]);
+        let line = refused_at_start(&data, &["--tls-cert", &cert, "--tls-key", &key], &[]);
         assert!(line.contains(expected), "{line}");
         assert!(
             line.contains(named.to_str().unwrap()),

@@ -610,6 +610,27 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String)
     (status.code(), reader.join().expect("stderr reader"))
 }
 
+/// Runs webhookd on `data` (which must not exist) with `args` and `env`,
+/// expecting a configuration error: exit 2, one line on stderr, and no
+/// data dir created. Returns the line.
+#[track_caller]
+pub fn refused_at_start(data: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut full = vec![
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    full.extend(args);
+    let (code, stderr) = run_to_exit(&full, env);
+    let line = assert_one_line_failure(code, &stderr, 2);
+    assert!(
+        !data.exists(),
+        "{args:?} {env:?} created the data dir: {line}"
+    );
+    line
+}
+
 /// Starts webhookd on `dir` (port 0) expecting it to exit by itself, as
 /// a refused start-up does; returns the exit code and stderr.
 pub fn start_expecting_exit(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
@@ -722,4 +743,41 @@ pub fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// The soft and hard limits on open files of this process.
+pub fn open_files_limit() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files in /proc/self/limits");
+    let mut numbers = line.split_whitespace().skip(3).map(|w| {
+        if w == "unlimited" {
+            u64::MAX
+        } else {
+            w.parse().expect("a limit")
+        }
+    });
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+/// Raises this process's soft limit (which the daemon inherits) to its
+/// hard limit with prlimit(1) (util-linux), so that both ends of every
+/// connection (this process and the daemon) can hold `needed` open files; fails naming the limit if the hard one is lower.
+pub fn raise_open_files_limit(needed: u64) {
+    let (soft, hard) = open_files_limit();
+    if soft >= needed {
+        return;
+    }
+    assert!(
+        hard >= needed,
+        "this test needs {needed} open files; the hard limit is {hard} (raise it with ulimit -Hn)"
+    );
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status()
+        .expect("run prlimit (util-linux) to raise the open files limit");
+    assert!(status.success(), "prlimit failed");
 }
