@@ -509,6 +509,23 @@ mod tests {
         assert_eq!(config.max_body_bytes, 65536);
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
         assert_eq!(config.log_format, LogFormat::Text);
+        // Delivery, listeners and TLS are off until asked for; delivery's
+        // own settings have these defaults.
+        assert_eq!(config.deliver_to, None);
+        assert_eq!(config.deliver_timeout, Duration::from_secs(15));
+        assert_eq!(config.deliver_concurrency, 32);
+        assert_eq!(
+            config.retry_schedule,
+            "0s,5s,5m,30m,2h,5h,10h,14h,20h,24h"
+                .parse::<crate::retry::RetrySchedule>()
+                .unwrap()
+        );
+        assert_eq!(config.deliver_signing_secret_file, None);
+        assert_eq!(config.deliver_ca_file, None);
+        assert_eq!(config.admin_listen, None);
+        assert_eq!(config.tls_cert, None);
+        assert_eq!(config.tls_key, None);
+        assert_eq!(config.admin_token_file, None);
     }
 
     #[test]
