@@ -244,7 +244,8 @@ fn clients_that_never_read_their_answers_are_closed_within_the_write_timeout() {
         "every never-reading connection closed",
         || (open_fds(pid) <= fds_before).then_some(()),
     );
-    // Closed by the server: each client reads its buffered answers, then EOF.
+    // Closed by the server, its unsent answers dropped: each client reads
+    // what had reached it, then the reset (or EOF).
     for socket in clients {
         let mut stream: TcpStream = socket.into();
         stream

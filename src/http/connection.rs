@@ -13,7 +13,8 @@
 //! - [`ClientIo`] closes a connection whose answers the client has not
 //!   read for `--write-timeout`: a client that pipelines requests and never
 //!   reads would otherwise hold its connection slot, and the memory of its
-//!   answers, for ever.
+//!   answers, for ever. Its close drops what is still queued for the
+//!   client and resets the connection ([`DropUnsent`]).
 
 use std::io;
 use std::pin::Pin;
@@ -91,7 +92,7 @@ pub(super) fn negotiated_h2(stream: &TlsStream<TcpStream>) -> bool {
 /// A client that sends a prefix of the HTTP/2 preface and then something
 /// else has until `deadline` here and `--header-read-timeout` again from
 /// hyper for its head: still bounded.
-pub(super) async fn open<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn open<S: AsyncRead + AsyncWrite + DropUnsent + Unpin>(
     mut stream: S,
     deadline: Instant,
     write_timeout: Duration,
@@ -161,6 +162,31 @@ pub(super) struct ClientIo<S> {
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
+/// A connection whose queued bytes can be dropped when it is closed.
+///
+/// After the write timeout, what the client left unread can never reach it
+/// in time; closed normally, the kernel would keep it (and the close behind
+/// it) queued for minutes, holding memory for a client that does not read.
+/// So that close resets the connection instead.
+pub(super) trait DropUnsent {
+    /// Makes the coming close drop the unsent bytes and reset.
+    fn drop_unsent_on_close(&self);
+}
+
+impl DropUnsent for TcpStream {
+    fn drop_unsent_on_close(&self) {
+        if let Err(e) = self.set_zero_linger() {
+            tracing::debug!(error = %e, "could not set SO_LINGER 0");
+        }
+    }
+}
+
+impl DropUnsent for TlsStream<TcpStream> {
+    fn drop_unsent_on_close(&self) {
+        self.get_ref().0.drop_unsent_on_close();
+    }
+}
+
 impl<S> ClientIo<S> {
     /// `stream` with nothing to replay.
     pub(super) fn new(stream: S, write_timeout: Duration) -> Self {
@@ -172,7 +198,9 @@ impl<S> ClientIo<S> {
             stalled: None,
         }
     }
+}
 
+impl<S: DropUnsent> ClientIo<S> {
     /// After a write returned `Pending`: `Pending` while the deadline has
     /// not passed (the timer wakes the task when it does), else the error.
     fn stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
@@ -182,10 +210,13 @@ impl<S> ClientIo<S> {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(write_timeout)));
         match timer.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client did not read its answers within --write-timeout",
-            )),
+            Poll::Ready(()) => {
+                self.stream.drop_unsent_on_close();
+                Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client did not read its answers within --write-timeout",
+                ))
+            }
         }
     }
 
@@ -226,7 +257,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
+impl<S: AsyncWrite + DropUnsent + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
